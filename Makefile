@@ -1,0 +1,49 @@
+# fashion_sweeps: every job a user runs. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FS     := $(BIN)/fashion-sweeps
+
+# Data for the sweep targets: `make sweep DATASET=clothing ROOT=../shared/data/clothing`.
+DATASET ?= fashion_mnist
+ROOT    ?=
+EXPERIMENT ?=
+ARGS    ?=
+DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
+
+.PHONY: help install test test-slow lint format demo train ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the package (editable) with its test tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[test]"
+
+test:  ## the test suite (offline, CPU, tiny data; a few minutes)
+	$(BIN)/pytest -q
+
+test-slow:  ## also the long checks on real data in ../shared/data
+	$(BIN)/pytest -q -m "slow or not slow"
+
+lint:  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=resnet18"
+	$(FS) train $(ARGS)
+
+demo:  ## train on the bundled offline sample (seconds)
+	$(FS) train dataset=clothing_sample backbone=simple_cnn trainer.max_epochs=5 $(ARGS)
+
+ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove run outputs and the local MLflow store (keeps the placeholders)
+	find multirun mlruns -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,46 @@
+"""The `fashion-sweeps` command: one sub-command per job a user runs.
+
+Sub-commands that run Hydra apps pass every further argument to Hydra as overrides
+(`key=value`, `group=option`, `--multirun`, `--cfg job` ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:function, one-line help)
+    "train": ("fashion_sweeps.train:main", "train and track one run (Hydra overrides follow)"),
+}
+
+
+def _load(target: str) -> Callable[[], object]:
+    module, func = target.split(":")
+    return getattr(__import__(module, fromlist=[func]), func)
+
+
+def usage() -> str:
+    lines = ["usage: fashion-sweeps COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`fashion-sweeps COMMAND --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"fashion-sweeps: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
+        return 2
+    # Hydra apps read sys.argv themselves.
+    sys.argv = [f"fashion-sweeps {name}", *rest]
+    result = _load(COMMANDS[name][0])()
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

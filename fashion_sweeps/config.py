@@ -1,0 +1,45 @@
+"""Where the config tree lives and the names derived from a composed config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def component_name(node: DictConfig) -> str:
+    """A component's name is the last segment of its `_target_`, lower-cased:
+    `torch.optim.SGD` -> `sgd`, `fashion_sweeps.models.heads.batchnorm` -> `batchnorm`."""
+    return str(node._target_).rsplit(".", 1)[-1].lower()
+
+
+def condition(cfg: DictConfig) -> dict[str, str]:
+    """What a sweep condition is: backbone, head, optimizer, learning rate, sampler."""
+    return {
+        "backbone": component_name(cfg.backbone),
+        "head": component_name(cfg.head),
+        "optimizer": component_name(cfg.optimizer),
+        "lr": f"{float(cfg.optimizer.lr):g}",
+        "sampler": component_name(cfg.sampler),
+    }
+
+
+def condition_key(cfg: DictConfig) -> str:
+    """`mobilenet_v2/fc/sgd/0.01`, with `/<sampler>` appended when one is used."""
+    parts = condition(cfg)
+    key = "/".join(parts[k] for k in ("backbone", "head", "optimizer", "lr"))
+    return key if parts["sampler"] == "none" else f"{key}/{parts['sampler']}"
+
+
+# Config-selected `_target_`s we execute. Hydra 1.4 asks for an explicit list; a target
+# outside it fails with Hydra's own error naming it.
+TRUSTED_TARGETS = ["fashion_sweeps.*", "torch.optim.*"]
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` restricted to our trusted targets."""
+    return instantiate(node, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)

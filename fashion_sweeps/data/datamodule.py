@@ -1,0 +1,219 @@
+"""The LightningDataModule: read, filter, decode, split and sample one data set  (conf/dataset/).
+
+Data is prepared once per process and configuration (`prepare_arrays`), so a sweep's trials
+reuse it instead of decoding every image again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from fashion_sweeps.config import build
+from fashion_sweeps.data.decode import decode_files, resize_pixels
+from fashion_sweeps.data.sampling import SamplingPlan
+from fashion_sweeps.data.sources import DataError, Source
+from fashion_sweeps.data.splits import class_counts, label_filter, label_map, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """A decoded data set: pixels (N, H, W, C) uint8, label indices, split names, class names."""
+
+    pixels: np.ndarray
+    targets: np.ndarray
+    split: np.ndarray
+    classes: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[-1])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        names = np.asarray(self.classes, dtype=object)[self.targets]
+        return class_counts(names, self.split)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images, in [0, 1] units."""
+        train = self.pixels[self.indices("train")]
+        mean = [float(train[..., c].mean()) / 255 for c in range(self.channels)]
+        std = [max(float(train[..., c].std()) / 255, 1e-3) for c in range(self.channels)]
+        return mean, std
+
+
+_PREPARED: dict[str, PreparedData] = {}
+
+
+def prepare_arrays(dataset: DictConfig, seed: int) -> PreparedData:
+    """Read, filter, decode and split the data set a config describes (memoised per process)."""
+    key = json.dumps([OmegaConf.to_container(dataset, resolve=True), seed], sort_keys=True)
+    if key not in _PREPARED:
+        _PREPARED[key] = _prepare(dataset, seed)
+    return _PREPARED[key]
+
+
+def _prepare(dataset: DictConfig, seed: int) -> PreparedData:
+    start = time.perf_counter()
+    source: Source = build(dataset.reader)
+    skipped = source.skipped_counts()
+    keep, dropped = label_filter(source.labels, dataset.include, dataset.exclude, dataset.min_count)
+    skipped.update(dropped)
+    source = source.select(keep)
+    if source.pixels is not None:
+        pixels = resize_pixels(source.pixels, dataset.image_size)
+    else:
+        mode = "L" if dataset.get("grayscale", False) else "RGB"
+        pixels, reasons = decode_files(
+            source.paths, dataset.image_size, mode, dataset.get("decode_workers")
+        )
+        failed = [(str(p), r) for p, r in zip(source.paths, reasons, strict=True) if r]
+        for path, reason in failed:
+            log.warning("Skipping %s: %s", path, reason)
+            skipped[reason] = skipped.get(reason, 0) + 1
+        source = source.select(np.array([r is None for r in reasons], dtype=bool))
+    if len(source) == 0:
+        raise DataError(f"No image of data set {dataset.name!r} could be decoded.")
+    classes = label_map(source.labels)
+    index = {name: i for i, name in enumerate(classes)}
+    targets = np.array([index[label] for label in source.labels], dtype=np.int64)
+    split = stratified_split(
+        source.labels, dataset.val_fraction, dataset.test_fraction, seed, source.splits
+    )
+    for name in ("train", "val", "test"):
+        if not (split == name).any():
+            raise DataError(
+                f"The {name} split of {dataset.name!r} is empty ({len(source)} images in all). "
+                "Use more data or change dataset.val_fraction / dataset.test_fraction."
+            )
+    if skipped:
+        log.info("Skipped items of %s: %s", dataset.name, skipped)
+    prepared = PreparedData(pixels, targets, split, classes, skipped, time.perf_counter() - start)
+    log.info(
+        "Data %s: %d images, %d classes, %s in %.1fs",
+        dataset.name,
+        len(targets),
+        len(classes),
+        {s: int((split == s).sum()) for s in ("train", "val", "test")},
+        prepared.seconds,
+    )
+    return prepared
+
+
+class ImageArrayDataset(Dataset):
+    """(C, H, W) uint8 tensors and labels from the decoded array, with an optional transform."""
+
+    def __init__(self, pixels: np.ndarray, targets: np.ndarray, transform: Any = None) -> None:
+        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
+        self.targets = torch.from_numpy(targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pixels[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.targets[i]
+
+
+def augmentation(options: DictConfig | None) -> v2.Compose | None:
+    """Training-time augmentation on uint8 tensors; None when every option is off."""
+    if not options:
+        return None
+    steps = []
+    if options.get("flip"):
+        steps.append(v2.RandomHorizontalFlip())
+    if options.get("rotation"):
+        steps.append(v2.RandomRotation(options.rotation))
+    if options.get("crop_padding"):
+        steps.append(v2.RandomCrop(options.get("size"), padding=options.crop_padding))
+    if options.get("color_jitter"):
+        j = options.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    if options.get("erasing"):
+        steps.append(v2.RandomErasing(p=options.erasing, value=0))
+    return v2.Compose(steps) if steps else None
+
+
+class FashionDataModule(pl.LightningDataModule):
+    """Serves the prepared arrays: train (sampled, augmented), val and test (as they are)."""
+
+    def __init__(self, dataset: DictConfig, sampler: DictConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg = dataset
+        self.sampler_cfg = sampler
+        self.seed = seed
+        self.data: PreparedData | None = None
+        self.plan: SamplingPlan | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = prepare_arrays(self.cfg, self.seed)
+        train_targets = self.data.targets[self.data.indices("train")]
+        self.plan = build(
+            self.sampler_cfg,
+            labels=train_targets,
+            num_classes=len(self.data.classes),
+            seed=self.seed,
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        assert self.data is not None, "call setup() first"
+        return self.data.classes
+
+    def _dataset(self, split: str, transform: Any = None) -> ImageArrayDataset:
+        assert self.data is not None and self.plan is not None, "call setup() first"
+        idx = self.data.indices(split)
+        if split == "train":
+            idx = idx[self.plan.indices]
+        return ImageArrayDataset(self.data.pixels[idx], self.data.targets[idx], transform)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        options = OmegaConf.merge(self.cfg.get("augment") or {}, {"size": self.cfg.image_size})
+        dataset = self._dataset("train", augmentation(options))
+        sampler = None
+        if self.plan.weighted_sampler is not None:
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(self.plan.weighted_sampler, dtype=torch.double),
+                num_samples=len(dataset),
+                replacement=True,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        return self._loader(dataset, shuffle=True, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), shuffle=False)

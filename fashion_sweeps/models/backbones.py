@@ -1,0 +1,312 @@
+"""Backbones: torchvision transfer-learning models and from-scratch baselines  (conf/backbone/).
+
+Every builder has the same signature and returns a `Backbone`: an image batch in, pooled features
+(B, out_features) out. The config's `_target_` names the builder; its last segment is the
+backbone's name in tables and condition keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had."""
+
+
+class Backbone(nn.Module):
+    """Feature extractor made of ordered `blocks` (input side first), so that the leading ones
+    can be frozen. Frozen blocks stay in eval mode: their BatchNorm statistics never drift."""
+
+    def __init__(
+        self, blocks: list[nn.Module], tail: nn.Module, out_features: int, in_channels: int
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.tail = tail
+        self.out_features = out_features
+        self.in_channels = in_channels
+        self.frozen_blocks = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.tail(x)
+
+    def freeze(self, freeze: bool | int) -> None:
+        """`True`: every block and the tail; `False`: none; an int n: the n leading blocks."""
+        if freeze is True:
+            n = len(self.blocks)
+        elif freeze is False or freeze is None:
+            n = 0
+        elif isinstance(freeze, int) and 0 <= freeze <= len(self.blocks):
+            n = freeze
+        else:
+            raise ValueError(
+                f"backbone.freeze={freeze!r}: use true, false, or a number of leading blocks "
+                f"from 0 to {len(self.blocks)}."
+            )
+        self.frozen_blocks = n
+        whole = n == len(self.blocks) and freeze is True
+        for i, block in enumerate(self.blocks):
+            block.requires_grad_(i >= n)
+        self.tail.requires_grad_(not whole)
+        self.train(self.training)
+
+    @property
+    def fully_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for block in self.blocks[: self.frozen_blocks]:
+            block.eval()
+        if self.fully_frozen:
+            self.tail.eval()
+        return self
+
+
+# --- Pretrained weights -------------------------------------------------------------------------
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with `torch.save` (a bare dict or one wrapped under "state_dict")."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"backbone.weights_path={str(path)!r} does not exist. Save the weights there with "
+            "`torch.save(model.state_dict(), path)` or drop the option."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for `name`: from the offline cache under
+    `$TORCH_HOME/hub/checkpoints` when present, else downloaded into it."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cache.is_file():
+        log.info("Downloading %s weights to %s", name, cache)
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # URLError, HTTPError, OSError, hash mismatch...
+        raise WeightsUnavailableError(
+            f"Pretrained ImageNet weights for {name} are not in the offline cache {str(cache)!r} "
+            f"and could not be downloaded ({err}). Either copy the file {cache.name!r} there "
+            "(set TORCH_HOME to use another cache), give an explicit file with "
+            "`backbone.weights_path=/path/to/state_dict.pth`, or train without them: "
+            "`backbone.pretrained=false`."
+        ) from err
+
+
+def _torchvision_model(name: str, pretrained: bool, weights_path: str | None) -> nn.Module:
+    model = torchvision.models.get_model(name, weights=None)
+    if weights_path:
+        state = load_state_dict_file(weights_path)
+    elif pretrained:
+        state = imagenet_state_dict(name)
+    else:
+        return model
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise WeightsUnavailableError(
+            f"The weights given for {name} lack {len(missing)} tensors (e.g. {missing[:3]}): "
+            "they are not a torchvision state dict of this architecture."
+        )
+    if unexpected:
+        log.warning("Ignoring %d unexpected tensors in %s weights", len(unexpected), name)
+    return model
+
+
+def _pooled() -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+# --- torchvision builders -----------------------------------------------------------------------
+
+
+def mobilenet_v2(
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """MobileNetV2: 19 feature blocks, global average pooled to 1280 features."""
+    model = _torchvision_model("mobilenet_v2", pretrained, weights_path)
+    backbone = Backbone(list(model.features), _pooled(), 1280, in_channels=3)
+    backbone.freeze(freeze)
+    return backbone
+
+
+def vgg16(
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """VGG16 convolutional base (5 stages), global average pooled to 512 features."""
+    model = _torchvision_model("vgg16", pretrained, weights_path)
+    stages, current = [], []
+    for layer in model.features:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append(nn.Sequential(*current))
+            current = []
+    backbone = Backbone(stages, _pooled(), 512, in_channels=3)
+    backbone.freeze(freeze)
+    return backbone
+
+
+def _resnet(name: str, features: int, pretrained, weights_path, freeze) -> Backbone:
+    m = _torchvision_model(name, pretrained, weights_path)
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    backbone = Backbone(
+        [stem, m.layer1, m.layer2, m.layer3, m.layer4], _pooled(), features, in_channels=3
+    )
+    backbone.freeze(freeze)
+    return backbone
+
+
+def resnet18(
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """ResNet18: stem + 4 stages, 512 features."""
+    return _resnet("resnet18", 512, pretrained, weights_path, freeze)
+
+
+def resnet50(
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """ResNet50: stem + 4 stages, 2048 features."""
+    return _resnet("resnet50", 2048, pretrained, weights_path, freeze)
+
+
+# --- From-scratch baselines ---------------------------------------------------------------------
+
+
+def _flat_size(blocks: list[nn.Module], in_channels: int, image_size: int) -> int:
+    with torch.no_grad():
+        x = torch.zeros(1, in_channels, image_size, image_size)
+        for block in blocks:
+            x = block(x)
+    return x.flatten(1).shape[1]
+
+
+def _no_pretrained(name: str, pretrained: bool, weights_path: str | None) -> None:
+    if pretrained:
+        raise WeightsUnavailableError(
+            f"{name} is a from-scratch baseline: there are no pretrained weights for it. "
+            "Set `backbone.pretrained=false`."
+        )
+
+
+def _load_file(backbone: Backbone, weights_path: str | None) -> Backbone:
+    if weights_path:
+        backbone.load_state_dict(load_state_dict_file(weights_path))
+    return backbone
+
+
+def simple_cnn(
+    in_channels: int = 3,
+    image_size: int = 64,
+    width: int = 32,
+    dropout: float = 0.5,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """The 2019 report's benchmark: four conv+pool blocks, a 512-unit dense layer, dropout."""
+    _no_pretrained("simple_cnn", pretrained, weights_path=None)
+    chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
+    blocks: list[nn.Module] = [
+        nn.Sequential(
+            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+        )
+        for i in range(4)
+    ]
+    flat = _flat_size(blocks, in_channels, image_size)
+    tail = nn.Sequential(
+        nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Dropout(dropout)
+    )
+    backbone = _load_file(Backbone(blocks, tail, 512, in_channels), weights_path)
+    backbone.freeze(freeze)
+    return backbone
+
+
+def fmnist_cnn(
+    in_channels: int = 1,
+    image_size: int = 28,
+    widths: tuple[int, int, int] = (32, 64, 128),
+    dropouts: tuple[float, float, float, float] = (0.25, 0.25, 0.4, 0.3),
+    dense: int = 128,
+    batchnorm: bool = False,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """The Fashion-MNIST study's CNN: 3x3 convs 32/64/128 with padding, max-pool after the first
+    two, dropout 0.25/0.25/0.4, dense 128 with dropout 0.3. `batchnorm` adds BatchNorm after each
+    conv (used by the stronger recipe)."""
+    _no_pretrained("fmnist_cnn", pretrained, weights_path=None)
+    widths, dropouts = list(widths), list(dropouts)
+
+    def conv(c_in: int, c_out: int) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_out))
+        return [*layers, nn.ReLU(inplace=True)]
+
+    blocks: list[nn.Module] = [
+        nn.Sequential(*conv(in_channels, widths[0]), nn.MaxPool2d(2), nn.Dropout(dropouts[0])),
+        nn.Sequential(*conv(widths[0], widths[1]), nn.MaxPool2d(2), nn.Dropout(dropouts[1])),
+        nn.Sequential(*conv(widths[1], widths[2]), nn.Dropout(dropouts[2])),
+    ]
+    flat = _flat_size(blocks, in_channels, image_size)
+    tail = nn.Sequential(
+        nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Dropout(dropouts[3])
+    )
+    backbone = _load_file(Backbone(blocks, tail, dense, in_channels), weights_path)
+    backbone.freeze(freeze)
+    return backbone
+
+
+def mlp(
+    in_channels: int = 1,
+    image_size: int = 28,
+    hidden: int = 256,
+    dropout: float = 0.2,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = False,
+    **_: object,
+) -> Backbone:
+    """A multi-layer perceptron on raw pixels: the simplest baseline."""
+    _no_pretrained("mlp", pretrained, weights_path=None)
+    blocks: list[nn.Module] = [
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size * image_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+    ]
+    backbone = _load_file(Backbone(blocks, nn.Identity(), hidden, in_channels), weights_path)
+    backbone.freeze(freeze)
+    return backbone

@@ -1,0 +1,84 @@
+"""The deployable model: preprocessing + backbone + head in one `nn.Module`.
+
+It takes raw images (uint8 0-255 or float 0-1, grey or RGB, already at the run's image size)
+and returns logits, so the same object serves training, evaluation and tagging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fashion_sweeps.config import build
+from fashion_sweeps.models.backbones import Backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocess(nn.Module):
+    """Scale to [0, 1], match the backbone's channels (grey -> RGB), normalise."""
+
+    def __init__(self, channels: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and self.channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Images in, logits out. `classes` and `image_size` travel with the weights."""
+
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        backbone: Backbone,
+        head: nn.Module,
+        classes: Sequence[str],
+        image_size: int,
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.head = head
+        self.classes = list(classes)
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.preprocess(x)))
+
+
+def build_classifier(
+    backbone_cfg,
+    head_cfg,
+    classes: Sequence[str],
+    channels: int,
+    image_size: int,
+    channel_stats: tuple[Sequence[float], Sequence[float]],
+) -> Classifier:
+    """Backbone and head from their configs (Hydra `_target_`), with derived sizes filled in.
+
+    Pretrained backbones get ImageNet normalisation; others the training split's statistics.
+    """
+    backbone: Backbone = build(backbone_cfg, in_channels=channels, image_size=image_size)
+    head = build(head_cfg, in_features=backbone.out_features, num_classes=len(classes))
+    if backbone_cfg.get("pretrained") or backbone_cfg.get("weights_path"):
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = channel_stats
+        if backbone.in_channels != channels:  # grey data into an RGB backbone, or back
+            mean = [sum(mean) / len(mean)] * backbone.in_channels
+            std = [sum(std) / len(std)] * backbone.in_channels
+    return Classifier(
+        Preprocess(backbone.in_channels, mean, std), backbone, head, classes, image_size
+    )

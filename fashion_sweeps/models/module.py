@@ -1,0 +1,113 @@
+"""The LightningModule: loss, optimizer, scheduler and torchmetrics around a `Classifier`
+(conf/optimizer/, conf/scheduler/).
+
+The optimizer arrives as a partial from Hydra (`_target_: torch.optim.SGD`, `_partial_: true`):
+`conf/optimizer/sgd.yaml`'s `lr` is the `lr` SGD receives in `configure_optimizers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from fashion_sweeps.models.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    # `average` is always explicit: torchmetrics' defaults differ between versions and tasks.
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    if prefix != "train_":
+        metrics["f1_weighted"] = MulticlassF1Score(num_classes, average="weighted")
+        metrics["f1_macro"] = MulticlassF1Score(num_classes, average="macro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: Classifier,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", class_weights)
+        n = len(model.classes)
+        self.train_metrics = stage_metrics(n, "train_")
+        self.val_metrics = stage_metrics(n, "val_")
+        self.test_metrics = stage_metrics(n, "test_")
+        # Set when the training loss stops being finite: the run stops and is marked failed.
+        self.divergence: str | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        if not torch.isfinite(loss):
+            self.divergence = (
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
+                f"batch {batch_idx}"
+            )
+            log.error("Run diverged: %s. Stopping it.", self.divergence)
+            self.trainer.should_stop = True
+            return None  # Lightning skips the optimizer step for this batch
+        self.train_metrics.update(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection, prefix: str) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        metrics.update(logits, y)
+        self.log(f"{prefix}loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log_dict(metrics, on_epoch=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val_")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test_")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("Nothing to train: every parameter is frozen.")
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    @property
+    def diverged(self) -> bool:
+        return self.divergence is not None
+
+    def on_validation_epoch_end(self) -> None:
+        val_loss = self.trainer.callback_metrics.get("val_loss")
+        if val_loss is not None and not math.isfinite(float(val_loss)) and not self.diverged:
+            self.divergence = f"non-finite validation loss at epoch {self.current_epoch}"
+            log.error("Run diverged: %s. Stopping it.", self.divergence)
+            self.trainer.should_stop = True

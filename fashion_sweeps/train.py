@@ -1,0 +1,145 @@
+"""One training run: data -> model -> Lightning fit -> test the best checkpoint -> MLflow.
+
+Entry points: `fashion-sweeps train key=value...` or `python -m fashion_sweeps.train ...`.
+Returns the best validation loss, the objective Hydra's Optuna sweeper minimises (NaN when the
+run diverged, which Optuna records as a failed trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fashion_sweeps.config import CONF_DIR, build, condition, condition_key
+from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Hydra's output folder of this job, or `cfg.output_dir` when composed without Hydra."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.get("output_dir") or "multirun/runs/latest")
+
+
+def train(cfg: DictConfig) -> float:
+    start = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
+    run = TrackedRun.start(
+        cfg.tracking,
+        experiment=cfg.tracking.experiment or cfg.dataset.name,
+        run_name=cfg.tracking.run_name or condition_key(cfg),
+        tags=tags,
+        parent_run_id=cfg.tracking.parent_run_id,
+    )
+    try:
+        best = _fit_and_test(cfg, run, start)
+    except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
+        run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
+        run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    return best
+
+
+def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
+    run.log_config(cfg)
+    data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed)
+    data.setup()
+    prepared = data.data
+    counts = prepared.counts()
+    run.log_json(counts, "data/class_counts.json")
+    run.log_params(
+        {
+            "num_classes": len(prepared.classes),
+            **{f"n_{split}": sum(c.values()) for split, c in counts.items()},
+        }
+    )
+    run.log_metrics({f"skipped_{reason}": n for reason, n in prepared.skipped.items()})
+    run.log_json(prepared.classes, "label_map.json")
+
+    model = build_classifier(
+        cfg.backbone,
+        cfg.head,
+        prepared.classes,
+        prepared.channels,
+        cfg.dataset.image_size,
+        prepared.channel_stats(),
+    )
+    scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
+    module = ClassifierModule(
+        model,
+        optimizer=build(cfg.optimizer),
+        scheduler=scheduler,
+        class_weights=data.plan.class_weights,
+        label_smoothing=cfg.get("label_smoothing", 0.0),
+    )
+    out = output_dir(cfg)
+    trainer, checkpoint = build_trainer(cfg.trainer, out, logger=run.lightning_logger())
+    trainer.fit(module, datamodule=data)
+
+    if module.diverged:
+        run.set_tags({"status": "diverged", "failure_reason": module.divergence})
+        run.log_metrics({"wall_time_s": time.perf_counter() - start})
+        run.end("FAILED")
+        log.error(
+            "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
+            "another optimizer.",
+            condition_key(cfg),
+            module.divergence,
+        )
+        return math.nan
+
+    best_val_loss = float(checkpoint.best_model_score)
+    best_epoch = _epoch_of(checkpoint.best_model_path)
+    trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False)
+    test_metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
+    }
+    run.log_metrics(
+        {
+            **test_metrics,
+            "best_val_loss": best_val_loss,
+            "best_epoch": best_epoch,
+            "epochs_run": trainer.current_epoch,
+            "wall_time_s": time.perf_counter() - start,
+        }
+    )
+    run.set_tags({"status": "finished"})
+    run.end("FINISHED")
+    log.info(
+        "%s: best val_loss %.4f at epoch %d; test acc %.4f, weighted F1 %.4f",
+        condition_key(cfg),
+        best_val_loss,
+        best_epoch,
+        test_metrics.get("test_acc", math.nan),
+        test_metrics.get("test_f1_weighted", math.nan),
+    )
+    return best_val_loss
+
+
+def _epoch_of(checkpoint_path: str) -> int:
+    """The epoch in a `best-epoch=N.ckpt` file name (0-based, as Lightning counts)."""
+    stem = Path(checkpoint_path).stem
+    return int(stem.split("epoch=")[-1].split("-")[0]) if "epoch=" in stem else -1
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

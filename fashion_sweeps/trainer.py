@@ -1,0 +1,85 @@
+"""The Lightning Trainer of one run: devices, early stopping, checkpoints, progress  (conf/trainer/).
+
+Keys of `conf/trainer/*.yaml` go to `pytorch_lightning.Trainer` as they are, except the few this
+module consumes itself: `patience`, `progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+OWN_KEYS = ("patience", "progress")
+
+
+class EpochSummary(Callback):
+    """One log line per epoch: readable in a file where a progress bar would be noise."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after the epoch's validation, so both train and val metrics are in.
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = " ".join(
+            f"{k}={float(metrics[k]):.4f}"
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1_weighted")
+            if k in metrics
+        )
+        seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        log.info(
+            "epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, shown, seconds
+        )
+
+
+def progress_bar_wanted(progress: str) -> bool:
+    if progress not in ("auto", "bar", "lines"):
+        raise ValueError(f"trainer.progress={progress!r}: use auto, bar or lines.")
+    return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Path,
+    logger: Any = False,
+    callbacks: list[Callback] | None = None,
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer with EarlyStopping on val_loss and a best-checkpoint callback (returned too)."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    patience = options.pop("patience")
+    bar = progress_bar_wanted(options.pop("progress", "auto"))
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="best-{epoch}",
+        monitor="val_loss",
+        mode="min",
+        save_last=True,
+    )
+    all_callbacks: list[Callback] = [
+        checkpoint,
+        # check_finite: a NaN val_loss stops the run rather than training on for nothing.
+        EarlyStopping(monitor="val_loss", mode="min", patience=patience, check_finite=True),
+        *(callbacks or []),
+    ]
+    if not bar:
+        all_callbacks.append(EpochSummary())
+    trainer = pl.Trainer(
+        default_root_dir=output_dir,
+        logger=logger,
+        callbacks=all_callbacks,
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        **options,
+    )
+    return trainer, checkpoint

@@ -1,0 +1,141 @@
+"""Fixtures: tiny data sets written in each format's real on-disk layout, and composed configs."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from fashion_sweeps.config import CONF_DIR
+
+CLASSES = ["Dress", "Pants", "Shoes"]
+
+
+def class_image(label_index: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
+    """An RGB image whose colour depends on its class, so tiny models can learn something."""
+    base = np.zeros((size, size, 3), dtype=np.uint8)
+    base[..., label_index % 3] = 200
+    noise = rng.integers(0, 40, size=base.shape, dtype=np.uint8)
+    return Image.fromarray(base + noise)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fmnist_root(tmp_path: Path) -> Path:
+    """Four IDX gz files: 60 train and 30 test 28x28 images over the 10 classes."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fashion_mnist"
+    root.mkdir()
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):  # a bright band whose row depends on the class
+            images[i, 2 * label : 2 * label + 3, :] = 250
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture
+def clothing_root(tmp_path: Path) -> Path:
+    """images.csv + images/<id>.jpg: 3 classes x 8 photos, one excluded label ('Skip'), one row
+    whose image is missing, one corrupt JPEG and one photo without a row."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "clothing"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for c, label in enumerate(CLASSES):
+        for i in range(8):
+            image_id = f"{label.lower()}-{i:02d}"
+            class_image(c, rng).save(root / "images" / f"{image_id}.jpg")
+            rows.append((image_id, 100 + i, label, "False"))
+    class_image(0, rng).save(root / "images" / "skip-00.jpg")
+    rows.append(("skip-00", 1, "Skip", "False"))
+    rows.append(("gone-00", 2, "Dress", "False"))  # no such image
+    (root / "images" / "broken-00.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rows.append(("broken-00", 3, "Pants", "False"))
+    class_image(1, rng).save(root / "images" / "orphan-00.jpg")  # no row
+    with (root / "images.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "sender_id", "label", "kids"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def product_root(tmp_path: Path) -> Path:
+    """styles.csv + images/<id>.jpg, with unquoted commas inside productDisplayName as in the
+    real file, and one rare article type below min_count."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "fashion_product"
+    (root / "images").mkdir(parents=True)
+    header = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+    lines = [header]
+    kinds = [("Apparel", "Topwear", "Tshirts"), ("Footwear", "Shoes", "Casual Shoes")]
+    image_id = 1000
+    for c, (master, sub, article) in enumerate(kinds):
+        for i in range(8):
+            image_id += 1
+            class_image(c, rng).save(root / "images" / f"{image_id}.jpg")
+            name = f"Brand Men, Style {i}, Blue" if i % 2 else f"Brand Men Style {i}"
+            lines.append(f"{image_id},Men,{master},{sub},{article},Blue,Fall,2012,Casual,{name}")
+    image_id += 1
+    class_image(2, rng).save(root / "images" / f"{image_id}.jpg")
+    lines.append(f"{image_id},Women,Accessories,Bags,Waist Pouch,Black,Fall,2012,Casual,Pouch")
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    """root/{train,validation,test}/<class>/*.png."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "folder"
+    for split, n in (("train", 6), ("validation", 2), ("test", 2)):
+        for c, label in enumerate(CLASSES):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                class_image(c, rng).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real config tree with overrides; tracking and outputs go to tmp_path."""
+
+    def _make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(str(CONF_DIR)):
+            cfg = compose(
+                "config",
+                overrides=[
+                    f"tracking.dir={tmp_path / 'mlruns'}",
+                    "trainer.progress=lines",
+                    *overrides,
+                ],
+            )
+        with open_dict(cfg):
+            cfg.output_dir = str(tmp_path / "out")
+        return cfg
+
+    return _make
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write to a user's tracking server or the project's own mlruns/."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

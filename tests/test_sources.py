@@ -1,0 +1,106 @@
+"""Each on-disk format reads into the items a user expects, skipping what cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_sweeps.data.decode import decode_files
+from fashion_sweeps.data.sources import (
+    DataError,
+    read_clothing,
+    read_fashion_mnist,
+    read_fashion_product,
+    read_image_folder,
+    read_idx,
+)
+
+
+def test_fashion_mnist_reads_idx_files_with_official_splits(fmnist_root: Path) -> None:
+    source = read_fashion_mnist(fmnist_root, download=False)
+    assert source.pixels.shape == (90, 28, 28, 1)
+    assert source.splits.count("train") == 60 and source.splits.count("test") == 30
+    assert source.labels[:3] == ["T-shirt/top", "Trouser", "Pullover"]
+
+
+def test_fashion_mnist_missing_offline_names_path_and_ways_out(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        read_fashion_mnist(tmp_path / "nowhere", download=False)
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message
+    assert "dataset.root=" in message and "clothing_sample" in message
+
+
+def test_truncated_idx_file_is_a_clear_error(fmnist_root: Path) -> None:
+    path = fmnist_root / "t10k-images-idx3-ubyte.gz"
+    import gzip
+
+    data = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_clothing_skips_missing_images_and_reports_orphans(clothing_root: Path) -> None:
+    source = read_clothing(clothing_root)
+    assert len(source) == 3 * 8 + 2  # + 'Skip' row + the corrupt file (found only on decode)
+    counts = source.skipped_counts()
+    assert counts == {"missing_image": 1, "no_row": 1}
+
+
+def test_corrupt_image_is_skipped_with_a_reason_not_a_crash(clothing_root: Path) -> None:
+    source = read_clothing(clothing_root)
+    pixels, reasons = decode_files(source.paths, 16, workers=1)
+    assert reasons.count("corrupt_image") == 1
+    assert pixels.shape == (len(source) - 1, 16, 16, 3)
+
+
+def test_missing_clothing_root_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=str(tmp_path / "nope")):
+        read_clothing(tmp_path / "nope")
+
+
+def test_styles_csv_with_commas_in_names(product_root: Path) -> None:
+    source = read_fashion_product(product_root)
+    assert len(source) == 17 and source.skipped == []
+    assert set(source.labels) == {"Tshirts", "Casual Shoes", "Waist Pouch"}
+    by_sub = read_fashion_product(product_root, label_column="subCategory")
+    assert set(by_sub.labels) == {"Topwear", "Shoes", "Bags"}
+
+
+def test_unknown_label_column_lists_the_choices(product_root: Path) -> None:
+    with pytest.raises(DataError, match="articleType"):
+        read_fashion_product(product_root, label_column="colour")
+
+
+def test_image_folder_with_split_folders(folder_root: Path) -> None:
+    source = read_image_folder(folder_root)
+    assert len(source) == 30
+    assert {s: source.splits.count(s) for s in ("train", "val", "test")} == {
+        "train": 18,
+        "val": 6,
+        "test": 6,
+    }
+
+
+def test_image_folder_without_split_folders(folder_root: Path) -> None:
+    source = read_image_folder(folder_root / "train")
+    assert source.splits is None
+    assert sorted(set(source.labels)) == ["Dress", "Pants", "Shoes"]
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "Dress").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        read_image_folder(tmp_path / "empty")
+
+
+def test_grey_images_decode_to_three_channels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((10, 12), 128, dtype=np.uint8)).save(tmp_path / "grey.png")
+    pixels, reasons = decode_files([tmp_path / "grey.png"], 8, "RGB", workers=1)
+    assert reasons == [None] and pixels.shape == (1, 8, 8, 3)

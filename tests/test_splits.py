@@ -1,0 +1,51 @@
+"""Label filters and stratified splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fashion_sweeps.data.sources import DataError
+from fashion_sweeps.data.splits import label_filter, stratified_split
+
+
+def test_stratified_split_keeps_class_proportions_and_is_seeded() -> None:
+    labels = ["a"] * 100 + ["b"] * 50
+    split = stratified_split(labels, 0.1, 0.2, seed=0)
+    counts = Counter(zip(labels, split, strict=True))
+    assert counts[("a", "test")] == 20 and counts[("b", "test")] == 10
+    assert counts[("a", "val")] == 10 and counts[("b", "val")] == 5
+    assert (split == stratified_split(labels, 0.1, 0.2, seed=0)).all()
+    assert not (split == stratified_split(labels, 0.1, 0.2, seed=1)).all()
+
+
+def test_official_splits_are_kept_and_val_carved_from_train() -> None:
+    labels = ["a", "b"] * 20
+    official = ["train"] * 30 + ["test"] * 10
+    split = stratified_split(labels, 0.2, 0.5, seed=0, official=official)
+    assert (split[30:] == "test").all()
+    assert (split[:30] == "val").sum() == 6
+
+
+def test_single_image_class_stays_in_train_with_a_warning(caplog) -> None:
+    labels = ["a"] * 20 + ["lonely"]
+    split = stratified_split(labels, 0.1, 0.2, seed=0)
+    assert split[-1] == "train"
+    assert "lonely (1)" in caplog.text
+
+
+def test_filters_include_exclude_and_min_count() -> None:
+    labels = ["a"] * 5 + ["b"] * 3 + ["c"] * 1
+    keep, dropped = label_filter(labels, exclude=["b"], min_count=2)
+    assert keep.sum() == 5 and dropped == {"excluded_label": 3, "rare_class": 1}
+    keep, _ = label_filter(labels, include=["b", "c"])
+    assert np.asarray(labels, dtype=object)[keep].tolist() == ["b"] * 3 + ["c"]
+
+
+def test_filters_that_leave_nothing_or_name_unknown_labels_fail_clearly() -> None:
+    with pytest.raises(DataError, match="No images are left"):
+        label_filter(["a", "b"], min_count=5)
+    with pytest.raises(DataError, match="zzz"):
+        label_filter(["a", "b"], include=["zzz"])
