@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR, build, condition, condition_key
 from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.evaluation import collect_predictions, overall_metrics
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.runs import TrackedRun
@@ -105,9 +106,12 @@ def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
     best_val_loss = float(checkpoint.best_model_score)
     best_epoch = _epoch_of(checkpoint.best_model_path)
     trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False)
+    # The best checkpoint's test-split probabilities, collected once for every report and plot.
+    predictions = collect_predictions(module, data.test_dataloader())
     test_metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }
+    test_metrics.update({f"test_{k}": v for k, v in overall_metrics(predictions).items()})
     run.log_metrics(
         {
             **test_metrics,
