@@ -35,9 +35,9 @@ def condition_key(cfg: DictConfig) -> str:
     return key if parts["sampler"] == "none" else f"{key}/{parts['sampler']}"
 
 
-# Config-selected `_target_`s we execute. Hydra 1.4 asks for an explicit list; a target
-# outside it fails with Hydra's own error naming it.
-TRUSTED_TARGETS = ["fashion_sweeps.*", "torch.optim.*"]
+# Config-selected `_target_`s we execute. Hydra 1.4 asks for an explicit list, and also checks
+# callable results (an nn.Module is one); a target outside it fails with Hydra's error naming it.
+TRUSTED_TARGETS = ["fashion_sweeps.*", "torch.optim.*", "torch.nn.*"]
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,16 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
-OWN_KEYS = ("patience", "progress")
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+# Lightning's advertising tip and two warnings that say nothing a user can act on.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 class EpochSummary(Callback):

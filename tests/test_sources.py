@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ from fashion_sweeps.data.sources import (
     read_clothing,
     read_fashion_mnist,
     read_fashion_product,
-    read_image_folder,
     read_idx,
+    read_image_folder,
 )
 
 
@@ -35,9 +36,8 @@ def test_fashion_mnist_missing_offline_names_path_and_ways_out(tmp_path: Path) -
 
 def test_truncated_idx_file_is_a_clear_error(fmnist_root: Path) -> None:
     path = fmnist_root / "t10k-images-idx3-ubyte.gz"
-    import gzip
-
-    data = gzip.open(path).read()
+    with gzip.open(path) as f:
+        data = f.read()
     with gzip.open(path, "wb") as f:
         f.write(data[:-100])
     with pytest.raises(DataError, match="truncated"):

@@ -1,0 +1,100 @@
+"""Backbones build at tiny sizes, freeze as documented, and load pretrained weights offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fashion_sweeps.models import backbones
+from fashion_sweeps.models.backbones import WeightsUnavailableError
+
+TORCHVISION = ["mobilenet_v2", "vgg16", "resnet18", "resnet50"]
+SCRATCH = ["simple_cnn", "fmnist_cnn", "mlp"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION + SCRATCH)
+def test_every_backbone_gives_pooled_features(name: str) -> None:
+    channels = 3 if name in TORCHVISION else 1
+    backbone = getattr(backbones, name)(in_channels=channels, image_size=32)
+    features = backbone.eval()(torch.rand(2, backbone.in_channels, 32, 32))
+    assert features.shape == (2, backbone.out_features)
+
+
+def _grads_after_step(backbone: backbones.Backbone) -> dict[str, bool]:
+    backbone.train()
+    backbone(torch.rand(4, backbone.in_channels, 32, 32)).sum().backward()
+    return {n: p.grad is not None for n, p in backbone.named_parameters()}
+
+
+def test_freeze_true_trains_nothing_and_keeps_batchnorm_statistics() -> None:
+    backbone = backbones.resnet18(freeze=True)
+    before = backbone.blocks[0][1].running_mean.clone()
+    backbone.train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    with torch.no_grad():
+        backbone(torch.rand(4, 3, 32, 32) * 5)
+    assert torch.equal(before, backbone.blocks[0][1].running_mean)
+    assert all(not m.training for m in backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_freeze_n_leading_blocks() -> None:
+    backbone = backbones.resnet18(freeze=2)
+    frozen = [p for b in backbone.blocks[:2] for p in b.parameters()]
+    free = [p for b in backbone.blocks[2:] for p in b.parameters()]
+    assert not any(p.requires_grad for p in frozen) and all(p.requires_grad for p in free)
+    backbone.train()
+    assert not backbone.blocks[0].training and backbone.blocks[2].training
+
+
+def test_bad_freeze_value_is_explained() -> None:
+    with pytest.raises(ValueError, match="leading blocks"):
+        backbones.resnet18(freeze=9)
+
+
+def test_weights_path_loads_the_saved_weights(tmp_path: Path) -> None:
+    import torchvision
+
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "mnv2.pth")
+    backbone = backbones.mobilenet_v2(weights_path=str(tmp_path / "mnv2.pth"))
+    assert torch.equal(backbone.blocks[0][0].weight, reference.features[0][0].weight)
+
+
+def test_pretrained_loads_from_the_torch_home_cache(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    cache = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+    cache.parent.mkdir(parents=True)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), cache)
+    backbone = backbones.resnet18(pretrained=True)
+    assert torch.equal(backbone.blocks[0][0].weight, reference.conv1.weight)
+
+
+def test_pretrained_without_cache_or_network_fails_before_training(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as err:
+        backbones.mobilenet_v2(pretrained=True)
+    message = str(err.value)
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "weights_path" in message and "pretrained=false" in message
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        backbones.resnet18(weights_path=str(tmp_path / "nope.pth"))
+
+
+def test_scratch_backbones_have_no_pretrained_weights() -> None:
+    with pytest.raises(WeightsUnavailableError, match="from-scratch"):
+        backbones.simple_cnn(pretrained=True)

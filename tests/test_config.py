@@ -1,0 +1,61 @@
+"""Every option of every config group composes, and the components it names build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fashion_sweeps.config import CONF_DIR, build, component_name, condition_key
+from fashion_sweeps.models.classifier import build_classifier
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_config_composes(make_cfg) -> None:
+    cfg = make_cfg()
+    assert cfg.dataset.name == "fashion_mnist"
+    assert condition_key(cfg) == "fmnist_cnn/fc/adam/0.001"
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+def test_every_dataset_composes(make_cfg, dataset: str) -> None:
+    cfg = make_cfg(f"dataset={dataset}")
+    assert cfg.dataset.reader._target_.startswith("fashion_sweeps.data.sources.read_")
+    assert cfg.dataset.image_size > 0
+
+
+@pytest.mark.parametrize("backbone", options("backbone"))
+@pytest.mark.parametrize("head", options("head"))
+def test_every_backbone_and_head_builds_into_a_classifier(make_cfg, backbone, head) -> None:
+    cfg = make_cfg(f"backbone={backbone}", f"head={head}")
+    model = build_classifier(cfg.backbone, cfg.head, ["a", "b", "c"], 1, 32, ([0.5], [0.25])).eval()
+    logits = model(torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8))
+    assert logits.shape == (2, 3)
+    assert component_name(cfg.backbone) == backbone and component_name(cfg.head) == head
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler_builds(make_cfg, optimizer, scheduler) -> None:
+    cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}", "optimizer.lr=0.05")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = build(cfg.optimizer)(params)
+    assert opt.param_groups[0]["lr"] == 0.05  # conf/optimizer/*.yaml's lr is the optimizer's lr
+    if cfg.scheduler.get("_target_"):
+        opt.step()
+        build(cfg.scheduler)(opt).step()
+
+
+@pytest.mark.parametrize("group", ["sampler", "trainer", "tracking"])
+def test_every_other_option_composes(make_cfg, group: str) -> None:
+    for option in options(group):
+        assert make_cfg(f"{group}={option}")[group] is not None
+
+
+def test_unknown_option_is_a_clear_error(make_cfg) -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="backbone"):
+        make_cfg("backbone=resnet999")

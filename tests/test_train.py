@@ -1,0 +1,142 @@
+"""One real (tiny) run per data set format, tracked in MLflow; failures recorded, not lost."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.data.sources import DataError
+from fashion_sweeps.tracking.runs import TrackingUnavailableError, tracking_uri
+from fashion_sweeps.train import train
+
+CNN = ["backbone=simple_cnn", "backbone.width=4"]
+TINY = [*CNN, "trainer.max_epochs=2", "dataset.batch_size=8"]
+
+
+def only_run(cfg):
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize(
+    "dataset,extra",
+    [
+        ("fashion_mnist", ["backbone=mlp", "backbone.hidden=16", "dataset.image_size=16"]),
+        ("clothing", ["dataset.image_size=16", "dataset.decode_workers=1"]),
+        ("fashion_product", ["dataset.image_size=16", "dataset.min_count=5"]),
+        ("image_folder", ["dataset.image_size=16"]),
+    ],
+)
+def test_one_tracked_run_per_dataset(make_cfg, request, dataset: str, extra: list[str]) -> None:
+    fixture = {
+        "fashion_mnist": "fmnist_root",
+        "clothing": "clothing_root",
+        "fashion_product": "product_root",
+        "image_folder": "folder_root",
+    }[dataset]
+    root = request.getfixturevalue(fixture)
+    model = [] if any(o.startswith("backbone=") for o in extra) else CNN
+    cfg = make_cfg(
+        f"dataset={dataset}",
+        f"dataset.root={root}",
+        *model,
+        "trainer.max_epochs=2",
+        "dataset.batch_size=8",
+        *extra,
+    )
+    best = train(cfg)
+    assert math.isfinite(best)
+
+    client, run = only_run(cfg)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["status"] == "finished"
+    assert run.data.params["dataset.name"] == dataset
+    assert run.data.params["optimizer.lr"] == "0.001"
+    for key in ("test_acc", "test_f1_weighted", "test_f1_macro", "test_loss", "best_epoch"):
+        assert key in run.data.metrics
+    assert run.data.metrics["best_val_loss"] == pytest.approx(best)
+    history = client.get_metric_history(run.info.run_id, "val_f1_weighted")
+    assert len(history) == 2  # one value per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "label_map.json", "data"} <= artifacts
+
+
+def test_clothing_run_records_its_skipped_rows(make_cfg, clothing_root: Path) -> None:
+    cfg = make_cfg(
+        "dataset=clothing",
+        f"dataset.root={clothing_root}",
+        "dataset.image_size=16",
+        *TINY,
+    )
+    train(cfg)
+    _, run = only_run(cfg)
+    metrics = run.data.metrics
+    assert metrics["skipped_missing_image"] == 1
+    assert metrics["skipped_corrupt_image"] == 1
+    assert metrics["skipped_no_row"] == 1
+    assert metrics["skipped_excluded_label"] == 1  # the 'Skip' row
+    assert run.data.params["num_classes"] == "3"
+
+
+def test_diverging_run_stops_and_is_recorded_failed(make_cfg, clothing_root: Path) -> None:
+    cfg = make_cfg(
+        "dataset=clothing",
+        f"dataset.root={clothing_root}",
+        "dataset.image_size=16",
+        "optimizer=sgd",
+        "optimizer.lr=1e12",
+        *TINY,
+    )
+    assert math.isnan(train(cfg))
+    _, run = only_run(cfg)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["status"] == "diverged"
+    assert "non-finite" in run.data.tags["failure_reason"]
+
+
+def test_missing_data_root_fails_with_the_path_and_a_failed_run(make_cfg, tmp_path) -> None:
+    cfg = make_cfg("dataset=clothing", f"dataset.root={tmp_path / 'nowhere'}")
+    with pytest.raises(DataError, match="nowhere"):
+        train(cfg)
+    _, run = only_run(cfg)
+    assert run.info.status == "FAILED" and "nowhere" in run.data.tags["failure_reason"]
+
+
+def test_unreachable_tracking_server_fails_before_training(make_cfg, clothing_root) -> None:
+    cfg = make_cfg(
+        "dataset=clothing", f"dataset.root={clothing_root}", "tracking.uri=http://127.0.0.1:9"
+    )
+    with pytest.raises(TrackingUnavailableError, match="does not answer"):
+        train(cfg)
+    assert not (Path(cfg.output_dir) / "checkpoints").exists()
+
+
+def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            "dataset=clothing_sample",
+            "backbone=simple_cnn",
+            "backbone.width=4",
+            "trainer.max_epochs=1",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/1" in result.stderr + result.stdout  # one summary line when not on a tty
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
