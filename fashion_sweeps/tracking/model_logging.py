@@ -1,0 +1,177 @@
+"""The deployable model in MLflow: a pyfunc that turns images into class names and probabilities,
+and the registry (the best full run's model under a name, with the alias `champion`).
+
+The Classifier is saved in MLflow's PyTorch format (`mlflow.pytorch.save_model`) inside a small
+pyfunc wrapper: the PyTorch flavor's own pyfunc returns bare tensors, while users of
+`mlflow.pyfunc.load_model(uri).predict(images)` and of `mlflow models serve` want labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from fashion_sweeps.models.classifier import Classifier
+from fashion_sweeps.tracking.runs import TrackedRun
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model"  # the logged model's name in its run
+DEFAULT_REGISTERED_NAME = "fashion-classifier"
+CHAMPION = "champion"
+MODEL_URI_TAG = "model_uri"  # run tag: the `models:/<id>` URI of the model the run logged
+OUTPUT_COLUMNS = ("label", "probability")
+BATCH = 256  # images per forward pass: bounds memory for large requests
+
+
+class _OwnPickles(logging.Filter):
+    """Drop MLflow's warning that pickled models can run code: these are our own models,
+    loaded from our own store, and the warning would repeat in every run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CloudPickle" not in record.getMessage()
+
+
+for _name in ("mlflow.pytorch", "mlflow.pyfunc"):
+    logging.getLogger(_name).addFilter(_OwnPickles())
+
+
+class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    """uint8 images (N, C, H, W) at the model's image size in; per image a row with the predicted
+    `label`, its `probability`, and one probability column per class name."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model: Classifier = mlflow.pytorch.load_model(
+            context.artifacts["classifier"], map_location="cpu"
+        )
+        self.model.eval()
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: np.ndarray,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        probs = predict_probabilities(self.model, np.asarray(model_input))
+        return probability_frame(probs, self.model.classes)
+
+
+@torch.no_grad()
+def predict_probabilities(model: Classifier, images: np.ndarray) -> np.ndarray:
+    """Softmax probabilities (N, classes) of uint8 images (N, C, H, W), in batches."""
+    model.eval()
+    out = [
+        torch.softmax(model(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH]))), dim=1)
+        for i in range(0, len(images), BATCH)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.classes)), np.float32)
+
+
+def probability_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    frame = pd.DataFrame(probs.astype(np.float64), columns=classes)
+    frame.insert(0, "probability", probs[np.arange(len(probs)), best].astype(np.float64))
+    frame.insert(0, "label", np.asarray(classes, dtype=object)[best])
+    return frame
+
+
+def signature(model: Classifier, channels: int) -> ModelSignature:
+    clashes = sorted(set(model.classes) & set(OUTPUT_COLUMNS))
+    if clashes:
+        raise ValueError(
+            f"Class name(s) {clashes} clash with the model's output columns {OUTPUT_COLUMNS}: "
+            "rename those classes in the data set (e.g. with a label map) before training."
+        )
+    size = model.image_size
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, size, size))])
+    outputs = Schema(
+        [ColSpec("string", "label"), ColSpec("double", "probability")]
+        + [ColSpec("double", name) for name in model.classes]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def requirements() -> list[str]:
+    """Pinned from this environment: inferring them would load the model once more in a
+    subprocess. The model also imports `fashion_sweeps` (this package), which must be installed
+    where it is served."""
+    pins = []
+    for package in ("torch", "torchvision", "mlflow", "numpy", "pandas", "cloudpickle"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> str:
+    """Log the Classifier as this run's pyfunc model, with signature and input example
+    (`example`: a few uint8 images (N, C, H, W)). Returns its `models:/<id>` URI, also set as
+    the run's `model_uri` tag."""
+    model = model.cpu().eval()
+    pins = requirements()
+    # mlflow's fluent logging reads the global tracking URI; our runs carry their own.
+    mlflow.set_tracking_uri(run.uri)
+    # Logging validates the input example by loading the model: no download bars in run logs.
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_dir = Path(tmp) / "classifier"
+        mlflow.pytorch.save_model(
+            model, torch_dir, pip_requirements=pins, serialization_format="pickle"
+        )
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run.run_id,
+            python_model=ClassifierPyfunc(),
+            artifacts={"classifier": str(torch_dir)},
+            signature=signature(model, example.shape[1]),
+            input_example=np.ascontiguousarray(example, dtype=np.uint8),
+            pip_requirements=pins,
+        )
+    run.set_tags({MODEL_URI_TAG: info.model_uri})
+    log.info("Logged the model of run %s as %s", run.run_id, info.model_uri)
+    return info.model_uri
+
+
+def register(
+    client: MlflowClient,
+    run_id: str,
+    name: str = DEFAULT_REGISTERED_NAME,
+    alias: str = CHAMPION,
+) -> str:
+    """Register the model a run logged under `name` and point `alias` at the new version.
+    Returns `models:/<name>@<alias>`."""
+    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise MlflowException(
+            f"Run {run_id} has no logged model (no {MODEL_URI_TAG!r} tag): it was trained with "
+            "`tracking.log_model=false`, failed, or predates model logging. Train it again with "
+            "model logging on, or register another run."
+        )
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = model_uri.removeprefix("models:/")
+    version_ = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    client.set_registered_model_alias(name, alias, version_.version)
+    log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
+    return f"models:/{name}@{alias}"
