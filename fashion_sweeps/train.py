@@ -7,6 +7,7 @@ run diverged, which Optuna records as a failed trial).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -17,8 +18,9 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fashion_sweeps.config import CONF_DIR, build, condition, condition_key
+from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.data.sampling import sampling_summary
 from fashion_sweeps.evaluation import collect_predictions, overall_metrics
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
@@ -70,6 +72,24 @@ def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
     )
     run.log_metrics({f"skipped_{reason}": n for reason, n in prepared.skipped.items()})
     run.log_json(prepared.classes, "label_map.json")
+    sampling = sampling_summary(
+        data.plan,
+        prepared.targets[prepared.indices("train")],
+        prepared.classes,
+        component_name(cfg.sampler),
+    )
+    run.log_json(sampling, "data/sampling.json")
+    run.log_params(
+        {
+            "train_images_per_epoch": sampling["images_per_epoch"],
+            **{
+                f"train_counts_{when}": json.dumps(
+                    {k: v[when] for k, v in sampling["classes"].items()}
+                )
+                for when in ("before", "after")
+            },
+        }
+    )
 
     model = build_classifier(
         cfg.backbone,
@@ -118,6 +138,7 @@ def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
             "best_val_loss": best_val_loss,
             "best_epoch": best_epoch,
             "epochs_run": trainer.current_epoch,
+            "train_images_seen": data.plan.images_per_epoch * trainer.current_epoch,
             "wall_time_s": time.perf_counter() - start,
         }
     )
