@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -89,3 +90,112 @@ def overall_metrics(predictions: Predictions) -> dict[str, float]:
         "f1_macro": float(f1_score(y, p, average="macro", zero_division=0)),
         "balanced_acc": float(balanced),
     }
+
+
+# --- Per class ----------------------------------------------------------------------------------
+
+PER_CLASS_COLUMNS = ["precision", "recall", "f1", "support", "top1", "top5"]
+
+
+def per_class_table(predictions: Predictions) -> pd.DataFrame:
+    """One row per class (index: class name): precision, recall, F1, support, top-1 and top-5
+    accuracy among the class's test images. Undefined values (a class with no test image, or
+    never predicted) are NaN, not 0, so they are not mistaken for failures."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = np.arange(len(predictions.classes))
+    y, p = predictions.targets, predictions.predicted
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, p, labels=labels, average=None, zero_division=np.nan
+    )
+    hits1 = y == p
+    hits5 = top_k_hits(predictions, 5)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        top1 = np.bincount(y, weights=hits1, minlength=len(labels)) / support
+        top5 = np.bincount(y, weights=hits5, minlength=len(labels)) / support
+    table = pd.DataFrame(
+        {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": support.astype(int),
+            "top1": top1,
+            "top5": top5,
+        },
+        index=pd.Index(predictions.classes, name="class"),
+    )
+    return table[PER_CLASS_COLUMNS]
+
+
+def confusion_counts(predictions: Predictions) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = np.arange(len(predictions.classes))
+    return confusion_matrix(predictions.targets, predictions.predicted, labels=labels)
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its total: the share of a true class predicted as each class
+    (the diagonal is the recall). Rows of classes without test images are NaN."""
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+
+
+def tail_report(table: pd.DataFrame, recall_below: float) -> pd.DataFrame:
+    """The classes the model fails on: test recall below `recall_below`, worst first."""
+    evaluated = table[table["support"] > 0]
+    tail = evaluated[evaluated["recall"] < recall_below]
+    return tail.sort_values(["recall", "support"], ascending=[True, False])
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything measured on the test split of one run."""
+
+    classes: list[str]
+    per_class: pd.DataFrame
+    overall: dict[str, float]
+    confusion: np.ndarray
+    tail: pd.DataFrame
+    recall_below: float
+
+    @property
+    def not_in_test(self) -> list[str]:
+        """Classes with no test image (too small to split): reported, never scored."""
+        return self.per_class.index[self.per_class["support"] == 0].tolist()
+
+
+def evaluate(predictions: Predictions, recall_below: float = 0.5) -> Evaluation:
+    """Per-class table, overall metrics (plus the worst class's recall), confusion counts and
+    the tail report of one run's test predictions."""
+    table = per_class_table(predictions)
+    overall = overall_metrics(predictions)
+    recalls = table.loc[table["support"] > 0, "recall"]
+    if len(recalls):
+        overall["worst_class_recall"] = float(recalls.min())
+    return Evaluation(
+        classes=list(predictions.classes),
+        per_class=table,
+        overall=overall,
+        confusion=confusion_counts(predictions),
+        tail=tail_report(table, recall_below),
+        recall_below=recall_below,
+    )
+
+
+def tail_summary(evaluation: Evaluation) -> str:
+    """One paragraph for the log: which classes fall below the recall threshold."""
+    parts = [
+        f"{name} {row.recall:.2f} ({int(row.support)} images)"
+        for name, row in evaluation.tail.iterrows()
+    ]
+    text = (
+        f"Classes with test recall below {evaluation.recall_below:g}: " + ", ".join(parts)
+        if parts
+        else f"Every tested class reaches recall {evaluation.recall_below:g}."
+    )
+    if evaluation.not_in_test:
+        text += f" Not in the test split (too few images): {', '.join(evaluation.not_in_test)}."
+    return text

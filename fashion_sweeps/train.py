@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.data.sampling import sampling_summary
-from fashion_sweeps.evaluation import collect_predictions, overall_metrics
+from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.trainer import build_trainer
 
@@ -131,7 +132,10 @@ def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
     test_metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }
-    test_metrics.update({f"test_{k}": v for k, v in overall_metrics(predictions).items()})
+    evaluation = evaluate(predictions, recall_below=cfg.tail_recall)
+    log_evaluation(run, evaluation, out / "evaluation")
+    (log.warning if len(evaluation.tail) else log.info)(tail_summary(evaluation))
+    test_metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     run.log_metrics(
         {
             **test_metrics,
