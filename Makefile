@@ -11,7 +11,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo train ui clean
+.PHONY: help install test test-slow lint format demo train samplers ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=
 
 demo:  ## train on the bundled offline sample (seconds)
 	$(FS) train dataset=clothing_sample backbone=simple_cnn trainer.max_epochs=5 $(ARGS)
+
+samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
+	$(FS) samplers $(DATA_ARGS) $(ARGS)
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

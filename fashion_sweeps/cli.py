@@ -12,6 +12,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "train": ("fashion_sweeps.train:main", "train and track one run (Hydra overrides follow)"),
+    "samplers": ("fashion_sweeps.sampler_study:main", "train once per sampler, compare them"),
 }
 
 
