@@ -98,3 +98,22 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_scratch_backbones_have_no_pretrained_weights() -> None:
     with pytest.raises(WeightsUnavailableError, match="from-scratch"):
         backbones.simple_cnn(pretrained=True)
+
+
+def test_partial_fine_tuning_changes_only_the_unfrozen_blocks() -> None:
+    torch.manual_seed(0)
+    backbone = backbones.mobilenet_v2(freeze=10)
+    head = nn.Linear(backbone.out_features, 3)
+    params = [p for p in [*backbone.parameters(), *head.parameters()] if p.requires_grad]
+    before = [b.state_dict() for b in backbone.blocks]
+    before = [{k: v.clone() for k, v in sd.items()} for sd in before]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    backbone.train()
+    loss = nn.functional.cross_entropy(
+        head(backbone(torch.rand(4, 3, 32, 32))), torch.arange(4) % 3
+    )
+    loss.backward()
+    optimizer.step()
+    for i, block in enumerate(backbone.blocks):
+        changed = any(not torch.equal(v, before[i][k]) for k, v in block.state_dict().items())
+        assert changed == (i >= 10), f"block {i}"
