@@ -170,8 +170,17 @@ def register(
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    model_id = model_uri.removeprefix("models:/")
-    version_ = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
-    client.set_registered_model_alias(name, alias, version_.version)
+    # Registering the same model again (a report run twice) reuses its version.
+    same = [
+        v
+        for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if v.source == model_uri
+    ]
+    if same:
+        version_ = max(same, key=lambda v: int(v.version))
+    else:
+        model_id = model_uri.removeprefix("models:/")
+        version_ = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    client.set_registered_model_alias(name, alias, str(version_.version))
     log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
     return f"models:/{name}@{alias}"

@@ -1,0 +1,238 @@
+"""`fashion-sweeps predict PATH...`: tag photos with a logged model, one CSV row per image.
+
+Folders are searched recursively for image files. Each row holds the top-k labels and their
+probabilities; rows whose top-1 probability is under `--min-confidence` are marked
+`needs_review`; a file that cannot be read gets a row with the reason, and the rest go on.
+Rows are written batch by batch, so an interrupted run keeps what it tagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashion_sweeps.data.decode import load_image
+from fashion_sweeps.data.sources import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models:/fashion-classifier@champion"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model to tag with cannot be loaded."""
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    needs_review: int = 0
+    unreadable: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], int]:
+    """Files to tag: named files as they are, folders searched recursively for image suffixes.
+    Returns the files (sorted within each folder) and how many non-image files were passed over."""
+    files: list[Path] = []
+    passed_over = 0
+    for path in map(Path, paths):
+        if path.is_dir():
+            for item in sorted(p for p in path.rglob("*") if p.is_file()):
+                if item.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(item)
+                else:
+                    passed_over += 1
+        else:
+            files.append(path)  # a missing or unreadable file gets its own row saying why
+    return files, passed_over
+
+
+def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        return load_image(path, size, mode)
+    except Exception as err:  # PIL raises many types for damaged or foreign files
+        return f"unreadable image ({type(err).__name__}: {err})"
+
+
+def load_tagging_model(uri: str):
+    """The pyfunc model at `uri`, with its expected input (channels, size) from its signature."""
+    import mlflow.pyfunc
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as err:  # MlflowException, OSError for a missing local path, ...
+        raise ModelUnavailableError(
+            f"Cannot load the model {uri!r} ({err}). Register the best model of a sweep with "
+            "`fashion-sweeps report SWEEP`, point --model at another one "
+            "(`runs:/<run_id>/model`, `models:/<name>@<alias>`, `models:/<model_id>`), or give "
+            "the store that holds it with --tracking-uri."
+        ) from err
+    schema = model.metadata.get_input_schema()
+    shape = schema.inputs[0].shape if schema is not None and schema.is_tensor_spec() else None
+    if shape is None or len(shape) != 4:
+        raise ModelUnavailableError(
+            f"The model {uri!r} does not take image batches (its input schema is {schema}): "
+            "use a model logged by `fashion-sweeps train`."
+        )
+    return model, int(shape[1]), int(shape[2])
+
+
+def header(top_k: int) -> list[str]:
+    cols = ["path"]
+    for i in range(1, top_k + 1):
+        cols += [f"label_{i}", f"probability_{i}"]
+    return [*cols, "needs_review", "error"]
+
+
+def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def tag(
+    files: Sequence[Path],
+    model,
+    channels: int,
+    size: int,
+    out: Path,
+    top_k: int = 3,
+    min_confidence: float = 0.5,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> Summary:
+    """Tag `files` with `model` into the CSV `out`; returns counts and timing."""
+    from tqdm import tqdm
+
+    mode = "L" if channels == 1 else "RGB"
+    summary = Summary()
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        out.open("w", newline="", encoding="utf-8") as f,
+        ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+        tqdm(
+            total=len(files), unit="img", disable=None if progress is None else not progress
+        ) as bar,
+    ):
+        writer = csv.writer(f)
+        writer.writerow(header(top_k))
+        for chunk in batches(files, batch_size):
+            decoded = list(pool.map(lambda p: _decode(p, size, mode), chunk))
+            good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+            rows: dict[int, list] = {}
+            if good:
+                images = np.stack([decoded[i] for i in good]).transpose(0, 3, 1, 2)
+                frame = model.predict(np.ascontiguousarray(images))
+                classes = [c for c in frame.columns if c not in ("label", "probability")]
+                probs = frame[classes].to_numpy()
+                k = min(top_k, len(classes))
+                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                for row, i in enumerate(good):
+                    top = [(classes[j], probs[row, j]) for j in order[row]]
+                    review = top[0][1] < min_confidence
+                    summary.needs_review += review
+                    cells = [x for label, p in top for x in (label, f"{p:.4f}")]
+                    cells += [""] * (2 * (top_k - k))
+                    rows[i] = [str(chunk[i]), *cells, str(review).lower(), ""]
+            for i, reason in enumerate(decoded):
+                if isinstance(reason, str):
+                    summary.unreadable += 1
+                    log.warning("Cannot tag %s: %s", chunk[i], reason)
+                    rows[i] = [str(chunk[i]), *[""] * (2 * top_k), "", reason]
+            writer.writerows(rows[i] for i in range(len(chunk)))
+            f.flush()
+            summary.images += len(good)
+            bar.update(len(chunk))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fashion-sweeps predict",
+        description="Tag images (files or folders, searched recursively) with a logged model: "
+        "one CSV row per image with its top-k labels and probabilities.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        help="rows whose top-1 probability is lower are marked needs_review (default 0.5)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store holding the model (default: as training, $MLFLOW_TRACKING_URI or mlruns/)",
+    )
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be 1 or more.")
+    if not 0 <= args.min_confidence <= 1:
+        parser.error("--min-confidence is a probability: give a value from 0 to 1.")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be 1 or more.")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from fashion_sweeps.tracking.runs import TrackingUnavailableError
+    from fashion_sweeps.tracking.store import store_uri
+
+    files, passed_over = find_images(args.paths)
+    if passed_over:
+        log.info(
+            "Passed over %d files without an image suffix (%s)",
+            passed_over,
+            " ".join(sorted(IMAGE_SUFFIXES)),
+        )
+    if not files:
+        print(f"fashion-sweeps predict: no image files in {args.paths}.", file=sys.stderr)
+        return 2
+    try:
+        store_uri(args.tracking_uri)
+        model, channels, size = load_tagging_model(args.model)
+    except (ModelUnavailableError, TrackingUnavailableError) as err:
+        print(f"fashion-sweeps predict: {err}", file=sys.stderr)
+        return 2
+    summary = tag(
+        files, model, channels, size, args.out, args.top_k, args.min_confidence, args.batch_size
+    )
+    print(
+        f"Tagged {summary.images} images in {summary.seconds:.1f}s "
+        f"({summary.images_per_second:.1f} images/s): {summary.needs_review} need review "
+        f"(top-1 probability < {args.min_confidence}), {summary.unreadable} unreadable. "
+        f"Rows in {args.out}."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

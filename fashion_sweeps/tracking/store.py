@@ -1,0 +1,27 @@
+"""The MLflow store a command-line tool reads (report, predict): the same one training writes to.
+
+Training composes `conf/tracking/` through Hydra; tools outside Hydra read the same file, so
+`tracking.uri`, `$MLFLOW_TRACKING_URI` and `tracking.dir` mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from omegaconf import OmegaConf
+
+from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.tracking.runs import check_reachable, tracking_uri
+
+
+def store_uri(uri: str | None = None) -> str:
+    """`uri` when given, else what `conf/tracking/mlflow.yaml` resolves to (by default
+    `$MLFLOW_TRACKING_URI`, else `mlruns/mlflow.db`); checked reachable, and made MLflow's
+    global tracking and registry URI for the fluent APIs (`mlflow.pyfunc.load_model`)."""
+    cfg = OmegaConf.load(CONF_DIR / "tracking" / "mlflow.yaml")
+    if uri:
+        cfg.uri = uri
+    resolved = tracking_uri(cfg)
+    check_reachable(resolved)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return resolved

@@ -1,0 +1,101 @@
+"""The logged model: the pyfunc gives the LightningModule's predictions, as class names and
+probabilities; the registry serves it back by alias."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.tracking.model_logging import log_classifier, register
+from fashion_sweeps.tracking.runs import TrackedRun
+
+CLASSES = ["Dress", "Pants", "Shoes"]
+
+
+def tiny_module(channels: int = 3, size: int = 16) -> ClassifierModule:
+    torch.manual_seed(0)
+    backbone = OmegaConf.create(
+        {"_target_": "fashion_sweeps.models.backbones.simple_cnn", "width": 4}
+    )
+    # BatchNorm + dropout in the head: a pyfunc that forgot eval mode would differ.
+    head = OmegaConf.create({"_target_": "fashion_sweeps.models.heads.batchnorm"})
+    model = build_classifier(
+        backbone, head, CLASSES, channels, size, ([0.4] * channels, [0.2] * channels)
+    )
+    return ClassifierModule(model, optimizer=torch.optim.SGD)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One store for the module: creating an MLflow SQLite database takes seconds."""
+    folder = tmp_path_factory.mktemp("mlruns")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture
+def run(store: str) -> TrackedRun:
+    return TrackedRun.start(OmegaConf.create({"uri": store}), "models")
+
+
+def images(n: int, channels: int = 3, size: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
+
+
+def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun) -> None:
+    module = tiny_module()
+    x = images(6)
+    uri = log_classifier(run, module.model, x[:2])
+    assert run.client.get_run(run.run_id).data.tags["model_uri"] == uri
+
+    out = mlflow.pyfunc.load_model(uri).predict(x)
+
+    module.eval()
+    with torch.no_grad():
+        expected = torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
+    assert list(out.columns) == ["label", "probability", *CLASSES]
+    np.testing.assert_allclose(out[CLASSES].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert list(out["label"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(out["probability"], expected.max(axis=1), rtol=1e-5)
+
+
+def test_signature_asks_for_uint8_images_at_the_model_size(run: TrackedRun) -> None:
+    uri = log_classifier(run, tiny_module(channels=1, size=16).model, images(2, channels=1))
+    model = mlflow.pyfunc.load_model(uri)
+    spec = model.metadata.get_input_schema().inputs[0]
+    assert spec.type == np.dtype(np.uint8)
+    assert spec.shape == (-1, 1, 16, 16)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        model.predict(images(2, channels=1, size=20))  # wrong size: refused, not mis-predicted
+
+
+def test_register_and_load_by_alias(run: TrackedRun) -> None:
+    module = tiny_module()
+    log_classifier(run, module.model, images(2))
+    uri = register(run.client, run.run_id, name="tiny-classifier")
+    assert uri == "models:/tiny-classifier@champion"
+    version = run.client.get_model_version_by_alias("tiny-classifier", "champion")
+    assert version.run_id == run.run_id
+
+    out = mlflow.pyfunc.load_model(uri).predict(images(3))
+    assert set(out["label"]) <= set(CLASSES)
+
+    # The same model again (a report run twice) keeps its version; another run's model moves
+    # the alias to a new one.
+    register(run.client, run.run_id, name="tiny-classifier")
+    assert str(run.client.get_model_version_by_alias("tiny-classifier", "champion").version) == "1"
+    other = TrackedRun.start(OmegaConf.create({"uri": run.uri}), "models")
+    log_classifier(other, tiny_module().model, images(2))
+    register(other.client, other.run_id, name="tiny-classifier")
+    champion = run.client.get_model_version_by_alias("tiny-classifier", "champion")
+    assert (str(champion.version), champion.run_id) == ("2", other.run_id)
+
+
+def test_register_a_run_without_model_says_why(run: TrackedRun) -> None:
+    with pytest.raises(mlflow.exceptions.MlflowException, match="no logged model"):
+        register(run.client, run.run_id)

@@ -1,0 +1,127 @@
+"""`fashion-sweeps predict`: folders in, one CSV row per image out; bad files get a row saying why."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import class_image
+from omegaconf import OmegaConf
+from PIL import Image
+from test_model_logging import CLASSES, images, tiny_module
+
+from fashion_sweeps.predict import main
+from fashion_sweeps.tracking.model_logging import log_classifier, register
+from fashion_sweeps.tracking.runs import TrackedRun
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A store whose `fashion-classifier@champion` is a tiny 16 px RGB model."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+    run = TrackedRun.start(OmegaConf.create({"uri": uri}), "models")
+    log_classifier(run, tiny_module().model, images(2))
+    register(run.client, run.run_id)
+    return uri
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Six photos (one in a sub-folder), a grey PNG, a corrupt JPEG and a text file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    (root / "more").mkdir(parents=True)
+    for i in range(5):
+        class_image(i, rng, size=40).save(root / f"{i}.jpg")
+    class_image(1, rng, size=24).save(root / "more" / "5.jpg")
+    Image.new("L", (30, 50), 128).save(root / "grey.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tags_a_folder_with_a_corrupt_file_and_a_grey_image(store, photos, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    code = main([str(photos), "--tracking-uri", store, "--out", str(out), "--top-k", "2"])
+    assert code == 0
+
+    table = {Path(r["path"]).name: r for r in rows(out)}
+    assert set(table) == {
+        "0.jpg",
+        "1.jpg",
+        "2.jpg",
+        "3.jpg",
+        "4.jpg",
+        "5.jpg",
+        "grey.png",
+        "broken.jpg",
+    }
+    assert "unreadable image" in table["broken.jpg"]["error"]
+    assert table["broken.jpg"]["label_1"] == ""
+    for name, row in table.items():
+        if name == "broken.jpg":
+            continue
+        assert row["error"] == ""
+        assert {row["label_1"], row["label_2"]} <= set(CLASSES)
+        assert row["label_1"] != row["label_2"]
+        assert 1 >= float(row["probability_1"]) >= float(row["probability_2"]) >= 0
+    assert "1 unreadable" in capsys.readouterr().out
+
+
+def test_rows_under_the_threshold_need_review(store, photos, tmp_path):
+    first = tmp_path / "first.csv"
+    main([str(photos), "--tracking-uri", store, "--out", str(first), "--top-k", "1"])
+    top1 = sorted(float(r["probability_1"]) for r in rows(first) if not r["error"])
+    threshold = (top1[2] + top1[3]) / 2  # some rows above, some below
+
+    out = tmp_path / "reviewed.csv"
+    main(
+        [
+            str(photos),
+            "--tracking-uri",
+            store,
+            "--out",
+            str(out),
+            "--min-confidence",
+            str(threshold),
+        ]
+    )
+    tagged = [r for r in rows(out) if not r["error"]]
+    assert [r["needs_review"] for r in tagged] == [
+        str(float(r["probability_1"]) < threshold).lower() for r in tagged
+    ]
+    assert {r["needs_review"] for r in tagged} == {"true", "false"}
+    assert {"label_3", "probability_3"} <= set(tagged[0])
+
+
+def test_named_files_missing_ones_included(store, photos, tmp_path):
+    out = tmp_path / "named.csv"
+    missing = photos / "gone.jpg"
+    main([str(photos / "0.jpg"), str(missing), "--tracking-uri", store, "--out", str(out)])
+    table = rows(out)
+    assert [Path(r["path"]).name for r in table] == ["0.jpg", "gone.jpg"]
+    assert table[1]["error"] == "no such file"
+
+
+def test_unknown_model_is_a_clear_error(store, photos, tmp_path, capsys):
+    code = main(
+        [
+            str(photos),
+            "--tracking-uri",
+            store,
+            "--model",
+            "models:/nope@champion",
+            "--out",
+            str(tmp_path / "x.csv"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "models:/nope@champion" in err and "fashion-sweeps report" in err
