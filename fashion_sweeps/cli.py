@@ -12,6 +12,9 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "train": ("fashion_sweeps.train:main", "train and track one run (Hydra overrides follow)"),
+    "screen": ("fashion_sweeps.sweeps.commands:screen", "the sweep's screen (resumable multirun)"),
+    "full": ("fashion_sweeps.sweeps.commands:full", "full runs of the screen's top-k"),
+    "sweep": ("fashion_sweeps.sweeps.commands:sweep", "screen, then full runs of its winners"),
     "samplers": ("fashion_sweeps.sampler_study:main", "train once per sampler, compare them"),
 }
 

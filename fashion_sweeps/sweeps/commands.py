@@ -1,0 +1,51 @@
+"""`fashion-sweeps screen | full | sweep`: the sweep stages as Hydra multiruns of `train`.
+
+Every argument is a Hydra override. `sweep=grid` (conf/sweep/grid.yaml, the 24-condition
+protocol) is used unless another `sweep=` option is given; the command sets `sweep.stage`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fashion_sweeps.sweeps.sweeper import register
+
+STAGES = ("screen", "full")
+
+
+def stage_argv(stage: str, args: list[str]) -> list[str]:
+    """The Hydra command line of one stage."""
+    args = [a for a in args if a not in ("-m", "--multirun")]
+    chosen = any(a.split("=", 1)[0].lstrip("+") == "sweep" for a in args)
+    return ["--multirun", *([] if chosen else ["sweep=grid"]), *args, f"sweep.stage={stage}"]
+
+
+def run_stage(stage: str, args: list[str]) -> None:
+    from fashion_sweeps.train import main as train_app
+
+    register()
+    program = sys.argv[0] if sys.argv else "fashion-sweeps"
+    sys.argv = [program, *stage_argv(stage, args)]
+    try:
+        train_app()
+    except KeyboardInterrupt:
+        # The sweeper has already recorded the interruption; no traceback for a Ctrl-C.
+        print(f"\n{stage} interrupted: run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def screen() -> None:
+    """Train every condition of the screen the study does not hold yet."""
+    run_stage("screen", sys.argv[1:])
+
+
+def full() -> None:
+    """Train the screen's top-k conditions for longer, and test them."""
+    run_stage("full", sys.argv[1:])
+
+
+def sweep() -> None:
+    """The screen, then the full runs of its winners."""
+    args = sys.argv[1:]
+    for stage in STAGES:
+        run_stage(stage, args)

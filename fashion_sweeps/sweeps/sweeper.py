@@ -1,0 +1,379 @@
+"""`hydra/sweeper=stages`: the Optuna sweeper, resumable, running one stage of a sweep.
+
+The stock Optuna sweeper plugin asks `n_trials` new trials on every invocation, so a rerun of a
+grid trains it all again, and it stores a diverged (NaN) run and a crashed one alike. This sweeper
+keeps the plugin's config, override syntax and launchers, and plans each invocation from what the
+study already holds (see `study.py` for the outcomes):
+
+- screen, grid sampler: every grid point with no finished or diverged trial;
+- screen, any other Optuna sampler: `n_trials` minus the trials done, sampled by it;
+- full: the screen's top-k conditions (`select.py`) not done yet in the full study.
+
+Each job gets its condition as overrides, the stage's MLflow parent run id (created here before
+any job starts), tags, and an output folder named by its condition key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig
+
+from fashion_sweeps.config import condition_key
+from fashion_sweeps.sweeps import stage_run, tables
+from fashion_sweeps.sweeps.select import top_k
+from fashion_sweeps.sweeps.space import GRID_SAMPLER, SearchSpace, override_lines, params_id, quoted
+from fashion_sweeps.sweeps.study import (
+    abandon_leftovers,
+    done_ids,
+    finish_trial,
+    load_study,
+    n_done,
+    open_study,
+    outcome_of,
+    sqlite_ready,
+    start_trial,
+)
+
+log = logging.getLogger(__name__)
+
+# Swept keys that the condition key (`mobilenet_v2/fc/sgd/0.01`) already shows.
+IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass
+class StagesSweeperConf(OptunaSweeperConf):
+    _target_: str = "fashion_sweeps.sweeps.sweeper.StagesSweeper"
+    n_jobs: int = 1  # the basic launcher runs jobs one after another anyway
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="stages", node=StagesSweeperConf, provider="fashion_sweeps"
+)
+
+
+def register() -> None:
+    """Make the sweeper known to Hydra (plugins outside `hydra_plugins` must be registered)."""
+    Plugins.instance().register(StagesSweeper)
+
+
+@dataclass
+class Job:
+    params: dict[str, Any]
+    condition: str
+    trial: optuna.trial.Trial | None = None
+
+
+class StagesSweeper(Sweeper):
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+    ) -> None:
+        self.sampler_cfg = sampler
+        self.direction = str(getattr(direction, "name", direction))
+        self.storage = storage
+        self.study_name = study_name
+        self.n_trials = n_trials
+        self.n_jobs = max(1, n_jobs)
+        self.max_failure_rate = max_failure_rate
+        self.params = params
+        if custom_search_space:
+            raise ValueError(
+                "hydra.sweeper.custom_search_space is not supported by sweeper=stages."
+            )
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.job_idx = 0
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _settings(self) -> DictConfig:
+        settings = self.config.get("sweep")
+        if settings is None or settings.get("stage") not in ("screen", "full"):
+            raise ValueError(
+                "hydra/sweeper=stages runs a stage of a sweep: use `fashion-sweeps screen`, "
+                "`fashion-sweeps full` or `fashion-sweeps sweep` (they choose `sweep=grid` "
+                "unless you give another `sweep=` option)."
+            )
+        if not SWEEP_NAME.match(str(settings.name)):
+            raise ValueError(
+                f"sweep.name={settings.name!r}: use letters, digits, '_', '-' and '.' only (it "
+                "names the Optuna study, the MLflow parent run and the output folder)."
+            )
+        if not self.storage or not self.study_name:
+            raise ValueError(
+                "A resumable sweep needs hydra.sweeper.storage and hydra.sweeper.study_name; "
+                "conf/sweep/grid.yaml sets both."
+            )
+        return settings
+
+    def _is_grid(self) -> bool:
+        return str(self.sampler_cfg.get("_target_", "")) == GRID_SAMPLER
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        if self._is_grid():
+            # We enumerate the grid ourselves (GridSampler cannot tell what a study still lacks);
+            # this sampler is never asked for a value.
+            return optuna.samplers.RandomSampler()
+        return instantiate(
+            self.sampler_cfg,
+            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+        )
+
+    def _condition(self, params: dict[str, Any], fixed: list[str]) -> str:
+        """The job's condition key, composed the way its job will be; swept keys the key does
+        not show are appended (`.../backbone.freeze=true`) so that conditions stay distinct."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(
+            self.config, [*fixed, *override_lines(params)]
+        )
+        extras = [
+            f"{key.lstrip('+~')}={value}"
+            for key, value in params.items()
+            if key.lstrip("+~") not in IN_CONDITION_KEY
+        ]
+        return "/".join([condition_key(cfg), *extras])
+
+    def _screen_plan(
+        self, study: optuna.Study, space: SearchSpace
+    ) -> tuple[list[dict[str, Any]] | int, int]:
+        """Grid: the points still to train (and the grid size). Other samplers: how many trials
+        to sample (and n_trials)."""
+        if self._is_grid():
+            points = space.grid()
+            done = done_ids(study)
+            return [p for p in points if params_id(p) not in done], len(points)
+        if not space.distributions:
+            raise ValueError(
+                "This screen has nothing to sweep: give values, e.g. "
+                "`optimizer.lr=tag(log, interval(0.0001, 0.1))`."
+            )
+        return max(0, self.n_trials - n_done(study)), self.n_trials
+
+    def _full_plan(self, study: optuna.Study, settings: DictConfig, space: SearchSpace) -> list:
+        if space.distributions:
+            log.info(
+                "The full stage trains the screen's winners; the swept keys %s apply to the "
+                "screen only.",
+                ", ".join(space.distributions),
+            )
+        screen = load_study(self.storage, settings.full.screen_study)
+        if screen is None or not screen.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        ):
+            raise ValueError(
+                f"No finished screen named {settings.full.screen_study!r} in {self.storage}: run "
+                "`fashion-sweeps screen` first, with the same `sweep=`, `sweep.name` and data "
+                "set as this full stage."
+            )
+        self.winners = top_k(screen, int(settings.full.top_k))
+        done = done_ids(study)
+        return [w.params for w in self.winners if params_id(w.params) not in done]
+
+    # -- running ----------------------------------------------------------------------------
+
+    def sweep(self, arguments: list[str]) -> None:
+        settings = self._settings()
+        stage, name = str(settings.stage), str(settings.name)
+        space = SearchSpace.parse(self.params, arguments)
+        study = open_study(self.storage, self.study_name, self.direction, self._sampler())
+        abandon_leftovers(study)
+        self.winners = []
+        if stage == "screen":
+            todo, planned = self._screen_plan(study, space)
+        else:
+            todo = self._full_plan(study, settings, space)
+            planned = len(self.winners)
+        n_todo = todo if isinstance(todo, int) else len(todo)
+        log.info(
+            "Sweep %r, stage %s: %d condition(s) planned, %d done, %d to train (study %r in %s).",
+            name,
+            stage,
+            planned,
+            n_done(study) if isinstance(todo, int) else planned - n_todo,
+            n_todo,
+            self.study_name,
+            sqlite_ready(self.storage),
+        )
+        # The data set name is the default experiment of every run, and of the parent with them.
+        experiment = str(self.config.tracking.experiment or self.config.dataset.name)
+        parent = stage_run.open_stage_run(self.config.tracking, experiment, name, stage)
+        fixed = [line for line in space.fixed if not line.startswith("sweep.stage=")]
+        fixed += [f"sweep.stage={stage}"]
+        common = [
+            f"tracking.parent_run_id={quoted(parent.run_id)}",
+            f"tracking.experiment={quoted(experiment)}",
+            f"++tracking.tags.sweep={quoted(name)}",
+            f"++tracking.tags.stage={stage}",
+        ]
+        start = time.perf_counter()
+        try:
+            crashed = self._run(study, space, todo, fixed, common)
+        except Exception:
+            # Too many crashes (or a condition that does not compose): keep what is done visible.
+            with contextlib.suppress(Exception):
+                self._publish(parent, stage, name, time.perf_counter() - start)
+            parent.set_tags({"status": "failed"})
+            parent.end("FAILED")
+            raise
+        except BaseException:  # Ctrl-C: stop at once
+            parent.set_tags({"status": "interrupted"})
+            parent.end("KILLED")
+            log.error(
+                "Stage %s interrupted: finished conditions are kept; run the same command "
+                "again to train the rest.",
+                stage,
+            )
+            raise
+        self._publish(parent, stage, name, time.perf_counter() - start)
+        parent.set_tags({"status": "failed" if crashed else "finished"})
+        parent.end("FAILED" if crashed else "FINISHED")
+        if crashed:
+            log.error(
+                "%d condition(s) crashed (errors above, logs in their folders); run the same "
+                "command again to retry them.",
+                crashed,
+            )
+
+    def _jobs(
+        self, study: optuna.Study, space: SearchSpace, batch: list | int, fixed: list[str]
+    ) -> list[Job]:
+        if isinstance(batch, int):  # sampled: the sampler proposes each condition
+            jobs = []
+            for _ in range(batch):
+                trial = study.ask()
+                try:
+                    params = {k: trial._suggest(k, d) for k, d in space.distributions.items()}
+                except ValueError as err:
+                    finish_trial(study, trial, "crashed", None)
+                    raise ValueError(
+                        f"The search space differs from the one study {study.study_name!r} was "
+                        f"started with ({err}). Keep it, or start a new study with another "
+                        "`sweep.name`."
+                    ) from err
+                condition = self._condition(params, fixed)
+                for key, value in (("params", params), ("condition", condition)):
+                    trial.set_user_attr(key, value)
+                jobs.append(Job(params, condition, trial))
+            return jobs
+        jobs = [Job(p, self._condition(p, fixed)) for p in batch]
+        for job in jobs:
+            job.trial = start_trial(study, job.params, job.condition)
+        return jobs
+
+    def _run(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        todo: list | int,
+        fixed: list[str],
+        common: list[str],
+    ) -> int:
+        """Launch the jobs in batches of `n_jobs`; record each outcome; return how many crashed."""
+        total = todo if isinstance(todo, int) else len(todo)
+        launched = crashed = 0
+        while launched < total:
+            size = min(self.n_jobs, total - launched)
+            batch = size if isinstance(todo, int) else todo[launched : launched + size]
+            jobs = self._jobs(study, space, batch, fixed)
+            overrides = [
+                [
+                    *(line for line in fixed if line.split("=", 1)[0] not in job.params),
+                    *override_lines(job.params),
+                    *common,
+                    f"tracking.run_name={quoted(job.condition)}",
+                    f"hydra.sweep.subdir={quoted(job.condition)}",
+                ]
+                for job in jobs
+            ]
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException:
+                for job in jobs:
+                    finish_trial(study, job.trial, "abandoned", None)
+                raise
+            self.job_idx += len(returns)
+            failures = []
+            for job, ret in zip(jobs, returns, strict=True):
+                launched += 1
+                outcome, value = self._outcome(ret)
+                finish_trial(study, job.trial, outcome, value)
+                self._report(launched, total, job, outcome, value, ret)
+                if outcome == "crashed":
+                    failures.append(ret)
+            crashed += len(failures)
+            if failures and crashed / launched > self.max_failure_rate:
+                log.error(
+                    "%d of %d condition(s) crashed, more than hydra.sweeper.max_failure_rate="
+                    "%s allows: stopping. Fix the error below and run the same command again; "
+                    "finished conditions are kept.",
+                    crashed,
+                    launched,
+                    self.max_failure_rate,
+                )
+                failures[0].return_value  # re-raises the job's own exception  # noqa: B018
+        return crashed
+
+    @staticmethod
+    def _outcome(ret: JobReturn) -> tuple[str, float | None]:
+        if ret.status != JobStatus.COMPLETED:
+            return "crashed", None
+        return outcome_of(ret.return_value)
+
+    @staticmethod
+    def _report(
+        n: int, total: int, job: Job, outcome: str, value: float | None, ret: JobReturn
+    ) -> None:
+        if outcome == "finished":
+            log.info("[%d/%d] %s: finished, val_loss %.4f", n, total, job.condition, value)
+        elif outcome == "diverged":
+            log.warning("[%d/%d] %s: diverged, recorded as failed", n, total, job.condition)
+        else:
+            log.error("[%d/%d] %s: crashed: %s", n, total, job.condition, ret._return_value)
+
+    def _publish(self, parent: Any, stage: str, name: str, seconds: float) -> None:
+        runs = stage_run.latest_per_condition(stage_run.children(parent))
+        folder = Path(str(self.config.hydra.sweep.dir))
+        if stage == "screen":
+            table = tables.ranking_table(parent.client, runs.values())
+            title = f"Screen ranking: sweep {name} (best epoch of each condition)"
+            markdown = tables.publish(table, "ranking", title, parent, folder)
+        else:
+            wanted = {w.condition for w in self.winners}
+            chosen = [run for key, run in runs.items() if key in wanted]
+            table = tables.comparison_table(parent.client, chosen)
+            title = f"Full runs: sweep {name}, top {len(self.winners)} of the screen"
+            markdown = tables.publish(table, "comparison", title, parent, folder)
+        counts = table["status"].value_counts().to_dict() if len(table) else {}
+        parent.set_tags({"conditions": len(table), **{f"n_{k}": v for k, v in counts.items()}})
+        parent.log_metrics({"last_invocation_s": seconds})
+        print(f"\n{markdown}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)

@@ -1,0 +1,124 @@
+"""The stage tables: the screen's ranking (the 2019 report's top-10 columns) and the full runs'
+final comparison, built from the stage's child runs, saved as CSV and Markdown, logged to the
+parent run and printed.
+
+Train and validation figures are those of each run's best epoch (lowest val_loss, the checkpoint
+the run keeps and tests), so a row describes one model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.tracking.runs import TrackedRun
+
+CONDITION_COLUMNS = {"backbone": "model", "head": "last_layer", "optimizer": "optimizer"}
+STATUS_ORDER = {"finished": 0, "diverged": 1, "failed": 2, "interrupted": 3}
+
+
+def best_epoch_metrics(client: MlflowClient, run: Run, names: Iterable[str]) -> dict[str, float]:
+    """Metric values logged at the step of the run's lowest val_loss (NaN where absent)."""
+    history = [m for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    finite = [m for m in history if math.isfinite(m.value)]
+    if not finite:
+        return {name: math.nan for name in names}
+    best = min(finite, key=lambda m: (m.value, m.step))
+    values = {"val_loss": best.value}
+    for name in names:
+        if name == "val_loss":
+            continue
+        at_step = [
+            m for m in client.get_metric_history(run.info.run_id, name) if m.step <= best.step
+        ]
+        values[name] = max(at_step, key=lambda m: m.step).value if at_step else math.nan
+    return values
+
+
+def _condition_cells(run: Run) -> dict[str, object]:
+    tags = run.data.tags
+    cells: dict[str, object] = {col: tags.get(tag, "") for tag, col in CONDITION_COLUMNS.items()}
+    cells["learning_rate"] = float(tags["lr"]) if tags.get("lr") else math.nan
+    cells["sampler"] = tags.get("sampler", "none")
+    return cells
+
+
+def _ordered(rows: list[dict[str, object]], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["rank", *columns])
+    frame["_order"] = frame["status"].map(STATUS_ORDER).fillna(len(STATUS_ORDER))
+    frame = frame.sort_values(["_order", "val_loss"], na_position="last", kind="stable")
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    if (frame["sampler"] == "none").all():
+        columns = [c for c in columns if c != "sampler"]
+    return frame[["rank", *columns]].reset_index(drop=True)
+
+
+def ranking_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
+    """The screen's ranking: finished conditions by val_loss, then diverged and failed ones."""
+    metrics = ("val_loss", "train_loss", "val_acc", "train_acc")
+    rows = []
+    for run in runs:
+        values = best_epoch_metrics(client, run, metrics)
+        rows.append(
+            {
+                **_condition_cells(run),
+                "val_loss": values["val_loss"],
+                "train_loss": values["train_loss"],
+                "val_accuracy": values["val_acc"],
+                "train_accuracy": values["train_acc"],
+                "status": run.data.tags.get("status", run.info.status.lower()),
+            }
+        )
+    columns = ["model", "last_layer", "optimizer", "learning_rate", "sampler", "val_loss"]
+    columns += ["train_loss", "val_accuracy", "train_accuracy", "status"]
+    return _ordered(rows, columns)
+
+
+def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
+    """The full runs side by side: train/val/test loss and accuracy, test weighted F1."""
+    rows = []
+    for run in runs:
+        values = best_epoch_metrics(client, run, ("val_loss", "train_loss", "val_acc", "train_acc"))
+        logged = run.data.metrics
+        rows.append(
+            {
+                **_condition_cells(run),
+                "train_loss": values["train_loss"],
+                "val_loss": values["val_loss"],
+                "test_loss": logged.get("test_loss", math.nan),
+                "train_accuracy": values["train_acc"],
+                "val_accuracy": values["val_acc"],
+                "test_accuracy": logged.get("test_acc", math.nan),
+                "test_f1_weighted": logged.get("test_f1_weighted", math.nan),
+                "best_epoch": logged.get("best_epoch", math.nan),
+                "epochs_run": logged.get("epochs_run", math.nan),
+                "status": run.data.tags.get("status", run.info.status.lower()),
+            }
+        )
+    columns = ["model", "last_layer", "optimizer", "learning_rate", "sampler", "train_loss"]
+    columns += ["val_loss", "test_loss", "train_accuracy", "val_accuracy", "test_accuracy"]
+    columns += ["test_f1_weighted", "best_epoch", "epochs_run", "status"]
+    return _ordered(rows, columns)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".4g")
+
+
+def publish(table: pd.DataFrame, name: str, title: str, parent: TrackedRun, folder: Path) -> str:
+    """Write `<name>.csv` and `<name>.md` into the stage's folder and the parent run; return the
+    Markdown (title included) for the console."""
+    markdown = f"## {title}\n\n{to_markdown(table)}\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / f"{name}.csv", index=False)
+    (folder / f"{name}.md").write_text(markdown)
+    parent.log_file(folder / f"{name}.csv")
+    parent.log_file(folder / f"{name}.md")
+    return markdown

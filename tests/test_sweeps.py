@@ -1,0 +1,195 @@
+"""The sweep stages as a user runs them: real multiruns in subprocesses on tiny synthetic data.
+
+One `fashion-sweeps sweep` (screen of a 2x3 grid whose `lr=inf` column diverges, then the full
+runs of its top 2) is shared by the tests below; each checks one promise of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import CLASSES, class_image
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.sweeps.study import OUTCOME
+
+GRID = ["backbone=mlp", "head=fc,batchnorm", "optimizer.lr=0.01,0.001,inf"]
+SCREEN_KEYS = {f"mlp/{h}/adam/{lr}" for h in ("fc", "batchnorm") for lr in ("0.01", "0.001", "inf")}
+
+
+def write_clothing(root: Path, per_class: int = 12) -> Path:
+    """images.csv + images/<id>.jpg in the clothing data set's layout."""
+    rng = np.random.default_rng(4)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for c, label in enumerate(CLASSES):
+        for i in range(per_class):
+            image_id = f"{label.lower()}-{i:02d}"
+            class_image(c, rng).save(root / "images" / f"{image_id}.jpg")
+            rows.append((image_id, i, label, "False"))
+    with (root / "images.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "sender_id", "label", "kids"])
+        writer.writerows(rows)
+    return root
+
+
+def fashion_sweeps(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_sweeps.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-6000:]}")
+    return result
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("sweep")
+    write_clothing(work / "clothing")
+    return work
+
+
+def common_args(work: Path) -> list[str]:
+    return [
+        "sweep=tiny",
+        "dataset=clothing",
+        f"dataset.root={work / 'clothing'}",
+        f"tracking.dir={work / 'mlruns'}",
+        "trainer.progress=lines",
+        "sweep.name=t",
+    ]
+
+
+@pytest.fixture(scope="module")
+def swept(workdir: Path) -> subprocess.CompletedProcess:
+    """`fashion-sweeps sweep`: the screen, then the full runs of its top 2."""
+    return fashion_sweeps(workdir, "sweep", *common_args(workdir), *GRID, "sweep.full.top_k=2")
+
+
+@pytest.fixture(scope="module")
+def client(workdir: Path, swept: subprocess.CompletedProcess) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+
+
+def stage_runs(client: MlflowClient, stage: str) -> tuple[object, list]:
+    experiment = client.get_experiment_by_name("clothing")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "stage"]
+    parents = [r for r in parents if r.data.tags["stage"] == stage]
+    assert len(parents) == 1, f"one {stage} parent expected, got {len(parents)}"
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], kids
+
+
+def study(workdir: Path, stage: str) -> optuna.Study:
+    storage = f"sqlite:///{workdir / 'multirun' / 'sweeps' / 'optuna.db'}"
+    return optuna.load_study(study_name=f"t/{stage}", storage=storage)
+
+
+def test_screen_trains_each_condition_once_under_one_parent(client, workdir):
+    parent, kids = stage_runs(client, "screen")
+    assert sorted(r.data.tags["condition"] for r in kids) == sorted(SCREEN_KEYS)
+    for run in kids:
+        assert run.data.tags["stage"] == "screen"
+        assert run.data.tags["sweep"] == "t"
+        assert run.data.tags["status"] in ("finished", "diverged")
+    # Output folders are named by condition key, not by Hydra's per-invocation job number.
+    for key in SCREEN_KEYS:
+        assert (workdir / "multirun/sweeps/t/screen" / key / ".hydra/overrides.yaml").exists()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"ranking.csv", "ranking.md"} <= artifacts
+
+
+def test_diverging_condition_is_recorded_failed_while_others_finish(client, workdir):
+    _, kids = stage_runs(client, "screen")
+    by_key = {r.data.tags["condition"]: r for r in kids}
+    for key, run in by_key.items():
+        if key.endswith("/inf"):
+            assert run.info.status == "FAILED"
+            assert run.data.tags["status"] == "diverged"
+            assert "non-finite" in run.data.tags["failure_reason"]
+        else:
+            assert run.info.status == "FINISHED"
+            assert run.data.tags["status"] == "finished"
+    trials = study(workdir, "screen").trials
+    diverged = {t.user_attrs["condition"] for t in trials if t.user_attrs[OUTCOME] == "diverged"}
+    assert diverged == {k for k in SCREEN_KEYS if k.endswith("/inf")}
+    assert all(t.state.name == "FAIL" for t in trials if t.user_attrs[OUTCOME] == "diverged")
+
+
+def test_ranking_table_lists_conditions_best_first(workdir, swept):
+    with (workdir / "multirun/sweeps/t/screen/ranking.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:9] == [
+        "rank",
+        "model",
+        "last_layer",
+        "optimizer",
+        "learning_rate",
+        "val_loss",
+        "train_loss",
+        "val_accuracy",
+        "train_accuracy",
+    ]
+    finished = [float(r["val_loss"]) for r in rows if r["status"] == "finished"]
+    assert len(finished) == 4 and finished == sorted(finished)
+    assert [r["status"] for r in rows[4:]] == ["diverged", "diverged"]
+    assert "## Screen ranking" in output(swept) and "## Full runs" in output(swept)
+
+
+def test_full_stage_trains_the_screens_top_k(client):
+    _, screen = stage_runs(client, "screen")
+    finished = [r for r in screen if r.data.tags["status"] == "finished"]
+    best_two = sorted(finished, key=lambda r: r.data.metrics["best_val_loss"])[:2]
+    parent, full = stage_runs(client, "full")
+    assert sorted(r.data.tags["condition"] for r in full) == sorted(
+        r.data.tags["condition"] for r in best_two
+    )
+    for run in full:
+        assert run.data.tags["stage"] == "full"
+        assert run.data.params["trainer.max_epochs"] == "3"
+        assert {"test_loss", "test_acc", "test_f1_weighted"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.csv", "comparison.md"} <= artifacts
+
+
+def test_rerun_trains_nothing_new(client, workdir):
+    before = {s: len(stage_runs(client, s)[1]) for s in ("screen", "full")}
+    trials = {s: len(study(workdir, s).trials) for s in ("screen", "full")}
+    rerun = fashion_sweeps(workdir, "sweep", *common_args(workdir), *GRID, "sweep.full.top_k=2")
+    assert "6 condition(s) planned, 6 done, 0 to train" in output(rerun)
+    assert "2 condition(s) planned, 2 done, 0 to train" in output(rerun)
+    assert {s: len(stage_runs(client, s)[1]) for s in ("screen", "full")} == before
+    assert {s: len(study(workdir, s).trials) for s in ("screen", "full")} == trials
+
+
+def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
+    args = [*common_args(workdir), "sweep.name=crash", "backbone=mlp", "optimizer.lr=-1,0.01"]
+    first = fashion_sweeps(workdir, "screen", *args, check=False)
+    assert first.returncode != 0
+    assert "Invalid learning rate: -1" in output(first)
+    assert "max_failure_rate" in output(first)
+    # A crash is not a result: the next invocation tries that condition again.
+    second = fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.max_failure_rate=1.0")
+    assert "2 condition(s) planned, 0 done, 2 to train" in output(second)
+    assert "mlp/fc/adam/0.01: finished" in output(second)
+    assert "1 condition(s) crashed" in output(second)
+    assert "run the same command again to retry them" in output(second)
