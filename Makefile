@@ -11,7 +11,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo train samplers ui clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,8 +39,17 @@ format:  ## apply ruff's fixes and formatting
 train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=resnet18"
 	$(FS) train $(ARGS)
 
-demo:  ## train on the bundled offline sample (seconds)
-	$(FS) train dataset=clothing_sample backbone=simple_cnn trainer.max_epochs=5 $(ARGS)
+demo:  ## a tiny screen and its full runs on the bundled offline sample (a few minutes)
+	$(FS) sweep dataset=clothing_sample sweep=tiny $(ARGS)
+
+screen:  ## the 24-condition screen, resumable: make screen DATASET=clothing ROOT=... ARGS="..."
+	$(FS) screen $(DATA_ARGS) $(ARGS)
+
+full:  ## full runs of the screen's top 4 (10 epochs, early stopping, tested)
+	$(FS) full $(DATA_ARGS) $(ARGS)
+
+sweep:  ## screen, then full runs of its winners; prints both tables
+	$(FS) sweep $(DATA_ARGS) $(ARGS)
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)

@@ -18,6 +18,7 @@ from fashion_sweeps.sweeps.study import (
     outcome_of,
     start_trial,
 )
+from fashion_sweeps.sweeps.sweeper import warn_if_settings_changed
 
 
 @pytest.fixture
@@ -88,3 +89,11 @@ def test_a_grid_refuses_a_continuous_range_with_a_clear_error():
     space = SearchSpace.parse({}, ["optimizer.lr=interval(0.001, 0.1)"])
     with pytest.raises(ValueError, match="sweep=tpe"):
         space.grid()
+
+
+def test_other_fixed_settings_on_an_existing_study_are_warned_about(study, caplog):
+    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=32", "tracking.dir=a"])
+    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=32", "tracking.dir=b"])
+    assert "fixed overrides" not in caplog.text  # where runs are logged does not change results
+    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=64"])
+    assert "dataset.image_size=64" in caplog.text and "new `sweep.name`" in caplog.text

@@ -56,6 +56,34 @@ IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
+# Fixed overrides that do not change a condition's result (where it is logged, how it is shown).
+NOT_RESULTS = (
+    "hydra.",
+    "tracking.",
+    "cache.",
+    "trainer.progress",
+    "sweep.stage",
+    "sweep.full.top_k",
+)
+
+
+def warn_if_settings_changed(study: optuna.Study, fixed: list[str]) -> None:
+    """A study keeps results by condition; other fixed settings would make them incomparable."""
+    settings = sorted(line for line in fixed if not line.lstrip("+~").startswith(NOT_RESULTS))
+    before = study.user_attrs.get("fixed_overrides")
+    if before is None:
+        study.set_user_attr("fixed_overrides", settings)
+    elif before != settings:
+        log.warning(
+            "Study %r was started with the fixed overrides %s; this invocation has %s. The "
+            "conditions it holds count as done although they ran with the earlier settings: "
+            "to train them with these, give the sweep a new `sweep.name`.",
+            study.study_name,
+            before,
+            settings,
+        )
+
+
 @dataclass
 class StagesSweeperConf(OptunaSweeperConf):
     _target_: str = "fashion_sweeps.sweeps.sweeper.StagesSweeper"
@@ -207,6 +235,7 @@ class StagesSweeper(Sweeper):
         space = SearchSpace.parse(self.params, arguments)
         study = open_study(self.storage, self.study_name, self.direction, self._sampler())
         abandon_leftovers(study)
+        warn_if_settings_changed(study, space.fixed)
         self.winners = []
         if stage == "screen":
             todo, planned = self._screen_plan(study, space)
