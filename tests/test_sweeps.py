@@ -99,9 +99,9 @@ def stage_runs(client: MlflowClient, stage: str) -> tuple[object, list]:
     return parents[0], kids
 
 
-def study(workdir: Path, stage: str) -> optuna.Study:
+def study(workdir: Path, stage: str, name: str = "t") -> optuna.Study:
     storage = f"sqlite:///{workdir / 'multirun' / 'sweeps' / 'optuna.db'}"
-    return optuna.load_study(study_name=f"t/{stage}", storage=storage)
+    return optuna.load_study(study_name=f"{name}/{stage}", storage=storage)
 
 
 def test_screen_trains_each_condition_once_under_one_parent(client, workdir):
@@ -193,3 +193,15 @@ def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
     assert "mlp/fc/adam/0.01: finished" in output(second)
     assert "1 condition(s) crashed" in output(second)
     assert "run the same command again to retry them" in output(second)
+
+
+def test_a_sampler_screen_trains_up_to_n_trials_and_continues_on_rerun(workdir):
+    args = [*common_args(workdir), "sweep=tpe", "sweep.name=tpe", "backbone=mlp", "head=fc"]
+    args += ["sweep.screen.max_epochs=1", "dataset.image_size=16"]
+    fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.n_trials=2")
+    more = fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.n_trials=3")
+    assert "3 condition(s) planned, 2 done, 1 to train" in output(more)
+    trials = study(workdir, "screen", "tpe").trials
+    assert [t.user_attrs[OUTCOME] for t in trials] == ["finished"] * 3
+    lrs = {t.user_attrs["params"]["optimizer.lr"] for t in trials}
+    assert len(lrs) == 3 and all(1e-4 <= lr <= 0.1 for lr in lrs)

@@ -8,6 +8,7 @@ Outcomes (user attribute `outcome`):
 - `diverged`: the run returned NaN (non-finite loss). FAIL, but done: rerunning would diverge again.
 - `crashed`:  the job raised. FAIL, retried by the next invocation.
 - `abandoned`: interrupted (Ctrl-C, killed process). FAIL, retried by the next invocation.
+- `duplicate`: a sampler proposed a condition already done; FAIL, not trained.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 OUTCOME = "outcome"
 PARAMS = "params"
 CONDITION = "condition"
-DONE_OUTCOMES = ("finished", "diverged")
 
 
 def sqlite_ready(storage: str) -> str:

@@ -168,14 +168,18 @@ class StagesSweeper(Sweeper):
     def _is_grid(self) -> bool:
         return str(self.sampler_cfg.get("_target_", "")) == GRID_SAMPLER
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
+    def _sampler(self, n_trials_before: int) -> optuna.samplers.BaseSampler:
         if self._is_grid():
             # We enumerate the grid ourselves (GridSampler cannot tell what a study still lacks);
             # this sampler is never asked for a value.
             return optuna.samplers.RandomSampler()
+        seed = self.sampler_cfg.get("seed")
+        # The same seed on a resumed study would propose the first invocation's points again.
+        extra = {} if seed is None else {"seed": int(seed) + n_trials_before}
         return instantiate(
             self.sampler_cfg,
             _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+            **extra,
         )
 
     def _condition(self, params: dict[str, Any], fixed: list[str]) -> str:
@@ -233,7 +237,8 @@ class StagesSweeper(Sweeper):
         settings = self._settings()
         stage, name = str(settings.stage), str(settings.name)
         space = SearchSpace.parse(self.params, arguments)
-        study = open_study(self.storage, self.study_name, self.direction, self._sampler())
+        study = open_study(self.storage, self.study_name, self.direction)
+        study.sampler = self._sampler(len(study.trials))
         abandon_leftovers(study)
         warn_if_settings_changed(study, space.fixed)
         self.winners = []
@@ -298,6 +303,7 @@ class StagesSweeper(Sweeper):
     ) -> list[Job]:
         if isinstance(batch, int):  # sampled: the sampler proposes each condition
             jobs = []
+            done = done_ids(study)
             for _ in range(batch):
                 trial = study.ask()
                 try:
@@ -312,6 +318,11 @@ class StagesSweeper(Sweeper):
                 condition = self._condition(params, fixed)
                 for key, value in (("params", params), ("condition", condition)):
                     trial.set_user_attr(key, value)
+                if params_id(params) in done:
+                    # Samplers may propose a done point again (small categorical spaces).
+                    finish_trial(study, trial, "duplicate", None)
+                    log.info("%s: proposed again, already done: not trained again", condition)
+                    continue
                 jobs.append(Job(params, condition, trial))
             return jobs
         jobs = [Job(p, self._condition(p, fixed)) for p in batch]
@@ -329,11 +340,14 @@ class StagesSweeper(Sweeper):
     ) -> int:
         """Launch the jobs in batches of `n_jobs`; record each outcome; return how many crashed."""
         total = todo if isinstance(todo, int) else len(todo)
-        launched = crashed = 0
-        while launched < total:
-            size = min(self.n_jobs, total - launched)
-            batch = size if isinstance(todo, int) else todo[launched : launched + size]
+        planned = launched = crashed = 0
+        while planned < total:
+            size = min(self.n_jobs, total - planned)
+            batch = size if isinstance(todo, int) else todo[planned : planned + size]
+            planned += size
             jobs = self._jobs(study, space, batch, fixed)
+            if not jobs:
+                continue
             overrides = [
                 [
                     *(line for line in fixed if line.split("=", 1)[0] not in job.params),
