@@ -205,3 +205,10 @@ def test_a_sampler_screen_trains_up_to_n_trials_and_continues_on_rerun(workdir):
     assert [t.user_attrs[OUTCOME] for t in trials] == ["finished"] * 3
     lrs = {t.user_attrs["params"]["optimizer.lr"] for t in trials}
     assert len(lrs) == 3 and all(1e-4 <= lr <= 0.1 for lr in lrs)
+
+
+def test_full_stage_without_a_screen_says_what_to_run_first(workdir):
+    result = fashion_sweeps(workdir, "full", *common_args(workdir), "sweep.name=none", check=False)
+    assert result.returncode != 0
+    assert "No finished screen named 'none/screen'" in result.stderr
+    assert "fashion-sweeps screen" in result.stderr and "Traceback" not in result.stderr

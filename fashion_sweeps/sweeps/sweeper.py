@@ -27,6 +27,7 @@ import optuna
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 # Swept keys that the condition key (`mobilenet_v2/fc/sgd/0.01`) already shows.
 IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class SweepError(CompactHydraException):
+    """A stage that cannot run as configured; Hydra prints the message alone."""
 
 
 # Fixed overrides that do not change a condition's result (where it is logged, how it is shown).
@@ -223,7 +228,8 @@ class StagesSweeper(Sweeper):
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         ):
             raise ValueError(
-                f"No finished screen named {settings.full.screen_study!r} in {self.storage}: run "
+                f"No finished screen named {settings.full.screen_study!r} in "
+                f"{sqlite_ready(self.storage)}: run "
                 "`fashion-sweeps screen` first, with the same `sweep=`, `sweep.name` and data "
                 "set as this full stage."
             )
@@ -233,20 +239,29 @@ class StagesSweeper(Sweeper):
 
     # -- running ----------------------------------------------------------------------------
 
-    def sweep(self, arguments: list[str]) -> None:
+    def _plan(
+        self, arguments: list[str]
+    ) -> tuple[DictConfig, SearchSpace, optuna.Study, list | int, int]:
         settings = self._settings()
-        stage, name = str(settings.stage), str(settings.name)
         space = SearchSpace.parse(self.params, arguments)
         study = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
         abandon_leftovers(study)
         warn_if_settings_changed(study, space.fixed)
         self.winners = []
-        if stage == "screen":
+        if settings.stage == "screen":
             todo, planned = self._screen_plan(study, space)
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
+        return settings, space, study, todo, planned
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            settings, space, study, todo, planned = self._plan(arguments)
+        except ValueError as err:  # a sweep that cannot be planned: say why, no traceback
+            raise SweepError(str(err)) from err
+        stage, name = str(settings.stage), str(settings.name)
         n_todo = todo if isinstance(todo, int) else len(todo)
         log.info(
             "Sweep %r, stage %s: %d condition(s) planned, %d done, %d to train (study %r in %s).",
@@ -310,7 +325,7 @@ class StagesSweeper(Sweeper):
                     params = {k: trial._suggest(k, d) for k, d in space.distributions.items()}
                 except ValueError as err:
                     finish_trial(study, trial, "crashed", None)
-                    raise ValueError(
+                    raise SweepError(
                         f"The search space differs from the one study {study.study_name!r} was "
                         f"started with ({err}). Keep it, or start a new study with another "
                         "`sweep.name`."
