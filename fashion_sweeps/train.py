@@ -17,12 +17,14 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
 
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.data.sampling import sampling_summary
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
 from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.features import apply_feature_cache
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.runs import TrackedRun
@@ -38,7 +40,8 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.get("output_dir") or "multirun/runs/latest")
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
+    """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
@@ -50,7 +53,7 @@ def train(cfg: DictConfig) -> float:
         parent_run_id=cfg.tracking.parent_run_id,
     )
     try:
-        best = _fit_and_test(cfg, run, start)
+        best = _fit_and_test(cfg, run, start, callbacks)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
         run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -58,9 +61,17 @@ def train(cfg: DictConfig) -> float:
     return best
 
 
-def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
+def _fit_and_test(
+    cfg: DictConfig,
+    run: TrackedRun,
+    start: float,
+    callbacks: list[Callback] | None = None,
+) -> float:
     run.log_config(cfg)
-    data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed)
+    cache = cfg.get("cache") or {}
+    data = FashionDataModule(
+        cfg.dataset, cfg.sampler, cfg.seed, cache.get("dir") if cache.get("images") else None
+    )
     data.setup()
     prepared = data.data
     counts = prepared.counts()
@@ -101,15 +112,22 @@ def _fit_and_test(cfg: DictConfig, run: TrackedRun, start: float) -> float:
         prepared.channel_stats(),
     )
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
+    # A frozen backbone's features computed once and reused (models/features.py).
+    features = apply_feature_cache(cache.get("features", False), cache.get("dir"), model, data)
+    run.set_tags({"image_cache": prepared.image_cache, "feature_cache": features.status})
+    run.log_metrics({"image_cache_s": prepared.seconds, "feature_cache_s": features.seconds})
     module = ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),
         scheduler=scheduler,
         class_weights=data.plan.class_weights,
         label_smoothing=cfg.get("label_smoothing", 0.0),
+        on_features=features.active,
     )
     out = output_dir(cfg)
-    trainer, checkpoint = build_trainer(cfg.trainer, out, logger=run.lightning_logger())
+    trainer, checkpoint = build_trainer(
+        cfg.trainer, out, logger=run.lightning_logger(), callbacks=callbacks
+    )
     trainer.fit(module, datamodule=data)
 
     if module.diverged:

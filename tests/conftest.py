@@ -139,3 +139,9 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 def _isolated_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write to a user's tracking server or the project's own mlruns/."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test gets an empty disk cache (conf/cache/), subprocesses included."""
+    monkeypatch.setenv("FASHION_SWEEPS_CACHE", str(tmp_path / "cache"))

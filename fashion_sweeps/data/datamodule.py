@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from fashion_sweeps.config import build
-from fashion_sweeps.data.decode import decode_files, resize_pixels
+from fashion_sweeps.data.cache import decode_cached, pixels_fingerprint
+from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.data.sampling import SamplingPlan
 from fashion_sweeps.data.sources import DataError, Source
 from fashion_sweeps.data.splits import class_counts, label_filter, label_map, stratified_split
@@ -38,6 +40,9 @@ class PreparedData:
     classes: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # What the pixels are made of (data/cache.py): keys the frozen-backbone feature cache.
+    fingerprint: str = ""
+    image_cache: str = "off"  # decode-once cache: hit, miss, off; memory when memoised
 
     @property
     def channels(self) -> int:
@@ -61,28 +66,38 @@ class PreparedData:
 _PREPARED: dict[str, PreparedData] = {}
 
 
-def prepare_arrays(dataset: DictConfig, seed: int) -> PreparedData:
-    """Read, filter, decode and split the data set a config describes (memoised per process)."""
-    key = json.dumps([OmegaConf.to_container(dataset, resolve=True), seed], sort_keys=True)
-    if key not in _PREPARED:
-        _PREPARED[key] = _prepare(dataset, seed)
+def prepare_arrays(
+    dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
+) -> PreparedData:
+    """Read, filter, decode and split the data set a config describes (memoised per process;
+    decoded images also on disk under `cache_dir`, see data/cache.py)."""
+    options = OmegaConf.to_container(dataset, resolve=True)
+    key = json.dumps([options, seed, str(cache_dir)], sort_keys=True)
+    if key in _PREPARED:
+        # Prepared earlier in this process: nothing read or decoded for this run.
+        return replace(_PREPARED[key], image_cache="memory", seconds=0.0)
+    _PREPARED[key] = _prepare(dataset, seed, cache_dir)
     return _PREPARED[key]
 
 
-def _prepare(dataset: DictConfig, seed: int) -> PreparedData:
+def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None) -> PreparedData:
     start = time.perf_counter()
     source: Source = build(dataset.reader)
     skipped = source.skipped_counts()
     keep, dropped = label_filter(source.labels, dataset.include, dataset.exclude, dataset.min_count)
     skipped.update(dropped)
     source = source.select(keep)
+    image_cache = "off"
     if source.pixels is not None:
         pixels = resize_pixels(source.pixels, dataset.image_size)
+        fingerprint = pixels_fingerprint(pixels)
     else:
         mode = "L" if dataset.get("grayscale", False) else "RGB"
-        pixels, reasons = decode_files(
-            source.paths, dataset.image_size, mode, dataset.get("decode_workers")
+        decoded = decode_cached(
+            source.paths, dataset.image_size, mode, dataset.get("decode_workers"), cache_dir
         )
+        pixels, reasons = decoded.pixels, decoded.reasons
+        fingerprint, image_cache = decoded.fingerprint, decoded.status
         failed = [(str(p), r) for p, r in zip(source.paths, reasons, strict=True) if r]
         for path, reason in failed:
             log.warning("Skipping %s: %s", path, reason)
@@ -104,7 +119,16 @@ def _prepare(dataset: DictConfig, seed: int) -> PreparedData:
             )
     if skipped:
         log.info("Skipped items of %s: %s", dataset.name, skipped)
-    prepared = PreparedData(pixels, targets, split, classes, skipped, time.perf_counter() - start)
+    prepared = PreparedData(
+        pixels,
+        targets,
+        split,
+        classes,
+        skipped,
+        time.perf_counter() - start,
+        fingerprint,
+        image_cache,
+    )
     log.info(
         "Data %s: %d images, %d classes, %s in %.1fs",
         dataset.name,
@@ -154,20 +178,32 @@ def augmentation(options: DictConfig | None) -> v2.Compose | None:
 
 
 class FashionDataModule(pl.LightningDataModule):
-    """Serves the prepared arrays: train (sampled, augmented), val and test (as they are)."""
+    """Serves the prepared arrays: train (sampled, augmented), val and test (as they are).
 
-    def __init__(self, dataset: DictConfig, sampler: DictConfig, seed: int) -> None:
+    After `use_features`, it serves a frozen backbone's stored features in place of the images
+    (models/features.py), split and sampled the same way.
+    """
+
+    def __init__(
+        self,
+        dataset: DictConfig,
+        sampler: DictConfig,
+        seed: int,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = dataset
         self.sampler_cfg = sampler
         self.seed = seed
+        self.cache_dir = cache_dir
         self.data: PreparedData | None = None
         self.plan: SamplingPlan | None = None
+        self.features: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        self.data = prepare_arrays(self.cfg, self.seed)
+        self.data = prepare_arrays(self.cfg, self.seed, self.cache_dir)
         train_targets = self.data.targets[self.data.indices("train")]
         self.plan = build(
             self.sampler_cfg,
@@ -181,11 +217,26 @@ class FashionDataModule(pl.LightningDataModule):
         assert self.data is not None, "call setup() first"
         return self.data.classes
 
-    def _dataset(self, split: str, transform: Any = None) -> ImageArrayDataset:
+    def use_features(self, features: torch.Tensor) -> None:
+        """Serve `features` (N, F), one row per prepared image, instead of the images."""
+        assert self.data is not None, "call setup() first"
+        if len(features) != len(self.data.targets):
+            raise ValueError(f"{len(features)} feature rows for {len(self.data.targets)} images")
+        self.features = features
+
+    def train_augmentation(self) -> v2.Compose | None:
+        # Merged into a fresh node: the composed `augment` is in struct mode, closed to `size`.
+        augment = self.cfg.get("augment") or {}
+        options = OmegaConf.merge({}, augment, {"size": self.cfg.image_size})
+        return augmentation(options)
+
+    def _dataset(self, split: str, transform: Any = None) -> Dataset:
         assert self.data is not None and self.plan is not None, "call setup() first"
         idx = self.data.indices(split)
         if split == "train":
             idx = idx[self.plan.indices]
+        if self.features is not None:
+            return TensorDataset(self.features[idx], torch.from_numpy(self.data.targets[idx]))
         return ImageArrayDataset(self.data.pixels[idx], self.data.targets[idx], transform)
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None) -> DataLoader:
@@ -200,8 +251,7 @@ class FashionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        options = OmegaConf.merge(self.cfg.get("augment") or {}, {"size": self.cfg.image_size})
-        dataset = self._dataset("train", augmentation(options))
+        dataset = self._dataset("train", self.train_augmentation())
         sampler = None
         if self.plan.weighted_sampler is not None:
             sampler = WeightedRandomSampler(

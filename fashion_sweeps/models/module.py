@@ -39,6 +39,7 @@ class ClassifierModule(pl.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         class_weights: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        on_features: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -52,9 +53,12 @@ class ClassifierModule(pl.LightningModule):
         self.test_metrics = stage_metrics(n, "test_")
         # Set when the training loss stops being finite: the run stops and is marked failed.
         self.divergence: str | None = None
+        # True when batches hold cached frozen-backbone features (models/features.py), not images:
+        # only the head runs. `self.model` stays the whole deployable Classifier.
+        self.on_features = on_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model.head(x) if self.on_features else self.model(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(

@@ -1,0 +1,123 @@
+"""The decode-once image cache: later runs read the stored arrays; changed data, a changed image
+size or a damaged entry is rebuilt, never trusted; concurrent builders do not corrupt it."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion_sweeps.data.cache import decode_cached
+from fashion_sweeps.data.datamodule import _prepare
+from fashion_sweeps.data.sources import read_clothing
+
+
+@pytest.fixture
+def paths(clothing_root: Path) -> list[Path]:
+    # The reader lists one corrupt JPEG: its skip reason is cached with the pixels.
+    return read_clothing(clothing_root).paths
+
+
+def entry_files(cache: Path) -> list[Path]:
+    return sorted((cache / "images").glob("*.npy"))
+
+
+def test_second_decode_reads_the_cache(paths: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    first = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    second = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert (first.status, second.status) == ("miss", "hit")
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+    assert second.reasons == first.reasons
+    assert second.reasons.count("corrupt_image") == 1
+    assert second.pixels.shape == (len(paths) - 1, 16, 16, 3)
+    assert len(entry_files(cache)) == 1
+
+
+def test_changed_file_or_size_builds_a_new_entry(paths: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    before = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert decode_cached(paths, 20, "RGB", workers=1, cache_dir=cache).status == "miss"
+    assert decode_cached(paths, 16, "L", workers=1, cache_dir=cache).status == "miss"
+
+    Image.new("RGB", (24, 24), (255, 255, 255)).save(paths[0])  # new content, size, mtime
+    stat = os.stat(paths[0])
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert after.status == "miss"
+    assert after.pixels[0].min() > 240  # the new white image, not the stale one
+    np.testing.assert_array_equal(after.pixels[1:], before.pixels[1:])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "bad_metadata"])
+def test_damaged_entry_is_detected_and_rebuilt(
+    paths: list[Path], tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "c"
+    good = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    [array_file] = entry_files(cache)
+    data = bytearray(array_file.read_bytes())
+    if damage == "truncate":
+        array_file.write_bytes(data[: len(data) // 2])
+    elif damage == "flip_byte":
+        data[-100] ^= 0xFF  # same size, same header: only the checksum can tell
+        array_file.write_bytes(bytes(data))
+    else:
+        array_file.with_suffix(".json").write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert rebuilt.status == "miss"
+    assert "damaged" in caplog.text
+    np.testing.assert_array_equal(rebuilt.pixels, good.pixels)
+    assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "hit"
+
+
+def test_unwritable_cache_still_returns_the_images(
+    paths: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        result = decode_cached(paths, 16, "RGB", workers=1, cache_dir=blocked)
+    assert result.pixels.shape[0] == len(paths) - 1
+    assert "Cannot write the cache entry" in caplog.text
+
+
+def _build(args: tuple[list[Path], Path, object]) -> bytes:
+    paths, cache, barrier = args
+    barrier.wait()  # both processes decode and publish the same entry at the same moment
+    return decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).pixels.tobytes()
+
+
+def test_two_processes_building_at_once_leave_one_valid_entry(
+    paths: list[Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "c"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Manager().Barrier(2)
+    with ctx.Pool(2) as pool:
+        results = pool.map(_build, [(paths, cache, barrier)] * 2)
+    assert results[0] == results[1]
+    assert len(entry_files(cache)) == 1
+    assert not list((cache / "images").glob(".*tmp"))  # no temporary file left behind
+    reread = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert reread.status == "hit" and reread.pixels.tobytes() == results[0]
+
+
+def test_prepared_data_from_the_cache_is_the_same(make_cfg, clothing_root: Path, tmp_path) -> None:
+    cfg = make_cfg(
+        "dataset=clothing", f"dataset.root={clothing_root}", "dataset.image_size=16"
+    ).dataset
+    first = _prepare(cfg, seed=0, cache_dir=tmp_path / "c")
+    second = _prepare(cfg, seed=0, cache_dir=tmp_path / "c")
+    assert (first.image_cache, second.image_cache) == ("miss", "hit")
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+    np.testing.assert_array_equal(first.targets, second.targets)
+    np.testing.assert_array_equal(first.split, second.split)
+    assert first.skipped == second.skipped and first.skipped["corrupt_image"] == 1
+    assert first.fingerprint == second.fingerprint
