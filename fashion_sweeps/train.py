@@ -27,6 +27,7 @@ from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.features import apply_feature_cache
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
+from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.trainer import build_trainer
 
@@ -164,6 +165,9 @@ def _fit_and_test(
             "wall_time_s": time.perf_counter() - start,
         }
     )
+    # Curves, gallery and the deployable model: after the metrics, so a failure loses nothing.
+    test_images = prepared.pixels[prepared.indices("test")]
+    log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed)
     run.set_tags({"status": "finished"})
     run.end("FINISHED")
     log.info(

@@ -150,6 +150,14 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
     return info.model_uri
 
 
+def load_classifier(model_uri: str) -> Classifier:
+    """The PyTorch Classifier inside a logged pyfunc model (`models:/...`, `runs:/.../model`)."""
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    return mlflow.pytorch.load_model(str(Path(local) / "artifacts" / "classifier"))
+
+
 def register(
     client: MlflowClient,
     run_id: str,

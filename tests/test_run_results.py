@@ -1,0 +1,78 @@
+"""What a tiny real run leaves in MLflow for people: curves, gallery, label map and the model."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from fashion_sweeps.data.datamodule import prepare_arrays
+from fashion_sweeps.models.classifier import Classifier
+from fashion_sweeps.tracking.model_logging import load_classifier
+from fashion_sweeps.tracking.runs import tracking_uri
+from fashion_sweeps.train import train
+
+TINY = [
+    "dataset=clothing",
+    "dataset.image_size=16",
+    "dataset.decode_workers=1",
+    "dataset.batch_size=8",
+    "backbone=simple_cnn",
+    "backbone.width=4",
+    "trainer.max_epochs=2",
+]
+
+
+def artifact(client: MlflowClient, run_id: str, path: str, tmp_path) -> bytes:
+    return open(client.download_artifacts(run_id, path, str(tmp_path)), "rb").read()
+
+
+def test_a_run_leaves_curves_gallery_label_map_and_a_servable_model(
+    make_cfg, clothing_root, tmp_path
+) -> None:
+    cfg = make_cfg(*TINY, f"dataset.root={clothing_root}")
+    train(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["status"] == "finished"
+    assert not [t for t in run.data.tags if t.startswith("skipped_")]
+
+    for path, min_width in (("plots/learning_curves.png", 400), ("plots/gallery.png", 400)):
+        image = Image.open(io.BytesIO(artifact(client, run.info.run_id, path, tmp_path)))
+        image.verify()
+        assert image.format == "PNG" and image.size[0] >= min_width
+
+    classes = json.loads(artifact(client, run.info.run_id, "label_map.json", tmp_path))
+    assert classes == ["Dress", "Pants", "Shoes"]
+
+    # The logged model tags the run's own test images with its class names.
+    prepared = prepare_arrays(cfg.dataset, cfg.seed)
+    test = prepared.pixels[prepared.indices("test")].transpose(0, 3, 1, 2)
+    model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+    out = model.predict(np.ascontiguousarray(test))
+    assert len(out) == len(test)
+    assert set(out["label"]) <= set(classes)
+    np.testing.assert_allclose(out[classes].sum(axis=1), 1.0, rtol=1e-5)
+
+    # ... and the PyTorch model inside it is the Classifier, classes and size included.
+    torch_model = load_classifier(run.data.tags["model_uri"])
+    assert isinstance(torch_model, Classifier)
+    assert (torch_model.classes, torch_model.image_size) == (classes, 16)
+    with torch.no_grad():
+        expected = torch.softmax(torch_model(torch.from_numpy(test)), dim=1).numpy()
+    np.testing.assert_allclose(out[classes].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_model_logging_can_be_switched_off(make_cfg, clothing_root) -> None:
+    cfg = make_cfg(*TINY, f"dataset.root={clothing_root}", "tracking.log_model=false")
+    train(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "model_uri" not in run.data.tags
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert names == {"plots/learning_curves.png", "plots/gallery.png"}
