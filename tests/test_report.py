@@ -1,0 +1,185 @@
+"""`fashion-sweeps report`: a sweep's runs -> one self-contained HTML page + Markdown, logged to the
+stage parents; the best full run's model registered as champion."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import re
+
+import numpy as np
+import pytest
+from conftest import CLASSES, class_image
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+from PIL import Image
+
+from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.sweeps.report import main
+from fashion_sweeps.sweeps.stage_run import open_stage_run
+from fashion_sweeps.tracking.runs import tracking_uri
+from fashion_sweeps.train import train
+
+TINY = [
+    "dataset=clothing",
+    "dataset.image_size=16",
+    "dataset.decode_workers=1",
+    "dataset.batch_size=8",
+    "backbone=simple_cnn",
+    "backbone.width=4",
+]
+CONDITIONS = (("adam", "0.01"), ("sgd", "0.001"))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict:
+    """A two-condition screen (1 epoch, no models logged) and its two full runs (2 epochs), tracked
+    the way the sweep stages track them: parent per stage, children tagged sweep and stage."""
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    root = _clothing(tmp / "clothing")
+    store = tmp / "mlruns"
+
+    def cfg(*overrides):
+        with initialize_config_dir(str(CONF_DIR)):
+            c = compose(
+                "config",
+                [
+                    *TINY,
+                    f"dataset.root={root}",
+                    f"tracking.dir={store}",
+                    "trainer.progress=lines",
+                    *overrides,
+                ],
+            )
+        return c
+
+    full_runs = {}
+    for stage, epochs, log_model in (("screen", 1, "false"), ("full", 2, "true")):
+        base = cfg()
+        parent = open_stage_run(base.tracking, "clothing", "tiny", stage)
+        for optimizer, lr in CONDITIONS:
+            c = cfg(
+                f"optimizer={optimizer}",
+                f"optimizer.lr={lr}",
+                f"trainer.max_epochs={epochs}",
+                f"tracking.log_model={log_model}",
+                f"tracking.parent_run_id={parent.run_id}",
+                "++tracking.tags.sweep=tiny",
+                f"++tracking.tags.stage={stage}",
+            )
+            with open_dict(c):
+                c.output_dir = str(tmp / "out" / stage / optimizer)
+            full_runs[(stage, optimizer)] = train(c)
+        parent.end()
+    return {"uri": tracking_uri(cfg().tracking), "val_loss": full_runs, "tmp": tmp}
+
+
+def _clothing(root):
+
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for c, label in enumerate(CLASSES):
+        for i in range(8):
+            class_image(c, rng).save(root / "images" / f"{label}-{i}.jpg")
+            rows.append((f"{label}-{i}", i, label, "False"))
+    with (root / "images.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "sender_id", "label", "kids"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(sweep) -> dict:
+    out = sweep["tmp"] / "report"
+    assert main(["tiny", "--tracking-uri", sweep["uri"], "--out", str(out)]) == 0
+    return {
+        "html": (out / "report.html").read_text(),
+        "md": (out / "report.md").read_text(),
+        "out": out,
+    }
+
+
+def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
+    html = report["html"]
+    sections = re.findall(r"<h2>(.*?)</h2>", html)
+    assert sections == [
+        "Screen ranking",
+        "Learning rate against val_loss",
+        "Full runs",
+        "Best model",
+    ]
+    ranking = html.split("<h2>Screen ranking</h2>")[1].split("<h2>")[0]
+    for header in (
+        "model",
+        "last_layer",
+        "optimizer",
+        "learning_rate",
+        "val_loss",
+        "train_accuracy",
+    ):
+        assert f"<th>{header}</th>" in ranking
+    assert ranking.count("<td>simple_cnn</td>") == 2
+    comparison = html.split("<h2>Full runs</h2>")[1].split("<h2>")[0]
+    for header in ("test_loss", "test_accuracy", "test_f1_weighted"):
+        assert f"<th>{header}</th>" in comparison
+    # The best model's per-class table (issue 5's evaluation/per_class.csv).
+    best = html.split("<h2>Best model</h2>")[1]
+    assert "<table" in best and "<td>Dress</td>" in best
+
+
+def test_html_is_self_contained(report) -> None:
+    html = report["html"]
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # base64 holds '/'
+    assert not re.search(r"(https?:)?//[a-z0-9]", text, re.IGNORECASE)
+    assert "href=" not in text and "@import" not in text and "url(" not in text
+    sources = re.findall(r'src="([^"]*)"', html)
+    # lr plot, bars, curves, two confusion matrices, gallery
+    assert len(sources) == 6
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+
+
+def test_markdown_twin_and_its_images(report) -> None:
+    md = report["md"]
+    assert "## Screen ranking" in md and "## Full runs" in md
+    assert "| model" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 6
+    assert all((report["out"] / link).is_file() for link in links)
+
+
+def test_report_logged_to_each_stage_parent(sweep, report) -> None:
+    client = MlflowClient(sweep["uri"])
+    parents = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.run_kind = 'stage' and tags.sweep = 'tiny'",
+    )
+    assert len(parents) == 2
+    for parent in parents:
+        names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+        assert {"report/report.html", "report/report.md", "report/images"} <= names
+
+
+def test_best_full_run_is_the_champion(sweep, report) -> None:
+    client = MlflowClient(sweep["uri"])
+    champion = client.get_model_version_by_alias("fashion-classifier", "champion")
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["stage"] == "full"
+    best = min(
+        (loss, optimizer)
+        for (stage, optimizer), loss in sweep["val_loss"].items()
+        if stage == "full"
+    )
+    assert run.data.tags["optimizer"] == best[1]
+
+
+def test_unknown_sweep_names_the_known_ones(sweep, tmp_path, capsys) -> None:
+    assert main(["nope", "--tracking-uri", sweep["uri"], "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "tiny" in err
