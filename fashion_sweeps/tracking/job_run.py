@@ -1,0 +1,274 @@
+"""The MLflow run of one training job: a new run, the run a relaunched job continues, or no run
+at all on DDP ranks > 0.
+
+Each job keeps `mlflow_run.json` in its output folder, beside `checkpoints/last.ckpt`. Running
+the same job again into the same folder (SLURM requeue through submitit, a killed command started
+again, a sweep retrying an interrupted condition) continues that MLflow run and trains on from the
+last checkpoint instead of starting over. A folder whose run already finished (or diverged) is
+not trained again: its recorded result is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, flatten, tracking_uri
+
+log = logging.getLogger(__name__)
+
+RECORD = "mlflow_run.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+DONE = ("finished", "diverged")
+# Config keys allowed to differ between attempts of one run: where and how it runs and is
+# tracked. Any other difference means the folder holds another experiment.
+MAY_CHANGE = (
+    "tracking.",
+    "trainer.",
+    "cache.",
+    "output_dir",
+    "dataset.root",
+    "dataset.reader.root",
+    "dataset.num_workers",
+    "dataset.decode_workers",
+)
+
+
+def identity(cfg: DictConfig) -> dict[str, str]:
+    """The flattened config values that define what a run trains."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {k: str(v) for k, v in flatten(resolved) if not k.startswith(MAY_CHANGE)}
+
+
+def read_record(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
+    """Written whole and renamed into place: other ranks and later jobs never read half a file."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / f".{RECORD}.{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(output_dir / RECORD)
+
+
+class RecordedRun(TrackedRun):
+    """A TrackedRun that mirrors its status and best val_loss into the folder's record."""
+
+    record_dir: Path
+    record: dict[str, Any]
+
+    def _save(self, **changes: Any) -> None:
+        self.record.update(changes)
+        write_record(self.record_dir, self.record)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        super().set_tags(tags)
+        if "status" in tags:
+            self._save(status=str(tags["status"]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        super().log_metrics(metrics, step)
+        if "best_val_loss" in metrics:
+            self._save(best_val_loss=float(metrics["best_val_loss"]))
+
+    def end(self, status: str = "FINISHED") -> None:
+        super().end(status)
+        if self.record.get("status") not in DONE:
+            self._save(status=status.lower())
+
+
+class ContinuedRun(RecordedRun):
+    """A run continued by a relaunched job. MLflow params cannot change, so only params not logged
+    by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported."""
+
+    logged: dict[str, str]
+
+    def _new_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        changed = sorted(k for k, v in values.items() if self.logged.get(k, v) != v)
+        if changed:
+            log.warning(
+                "Continued run %s keeps the first attempt's params for %s (now %s); the current "
+                "config is in its config.yaml.",
+                self.run_id,
+                ", ".join(changed),
+                ", ".join(values[k] for k in changed),
+            )
+        return {k: v for k, v in values.items() if k not in self.logged}
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        new = self._new_params(params)
+        if new:
+            super().log_params(new)
+        self.logged.update(new)
+
+    def log_config(self, cfg: DictConfig) -> None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        items = list(self._new_params(dict(flatten(resolved))).items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            super().log_params(dict(items[i : i + 100]))
+        self.logged.update(items)
+        self.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+class SilentRun(TrackedRun):
+    """What ranks > 0 of a multi-process run write to MLflow: nothing (rank 0 writes the run)."""
+
+    def __init__(self) -> None:
+        super().__init__(client=None, run_id="", experiment_id="", uri="")  # type: ignore[arg-type]
+
+    def log_config(self, cfg: DictConfig) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        pass
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def lightning_logger(self) -> bool:
+        return False
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+@dataclass
+class JobRun:
+    """What `train()` works with: the run to write to, the checkpoint to continue from (None: start
+    at epoch 0) and, for a folder whose run is already done, its result (None: train)."""
+
+    run: TrackedRun | None
+    resume_from: Path | None = None
+    result: float | None = None
+
+
+def _check_same_experiment(output_dir: Path, record: Mapping[str, Any], cfg: DictConfig) -> None:
+    before, now = record.get("identity", {}), identity(cfg)
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
+        raise ValueError(
+            f"{output_dir} holds the run {record.get('run_id')} of another configuration "
+            f"({shown}{' ...' if len(differ) > 8 else ''}). A relaunched job continues the run of "
+            "its output folder only with the same config: choose another folder "
+            "(hydra.run.dir=...) or delete this one to start over."
+        )
+
+
+def _result(record: Mapping[str, Any]) -> float:
+    value = record.get("best_val_loss")
+    return math.nan if record.get("status") == "diverged" or value is None else float(value)
+
+
+def _continue(
+    cfg: DictConfig, record: dict[str, Any], output_dir: Path, tags: Mapping[str, str]
+) -> ContinuedRun | None:
+    """Reopen the recorded MLflow run; None when it is gone (deleted, or another store)."""
+    uri = tracking_uri(cfg.tracking)
+    if record.get("tracking_uri") != uri:
+        log.warning(
+            "%s was tracked in %s, now %s: starting a new MLflow run for the continued training.",
+            output_dir,
+            record.get("tracking_uri"),
+            uri,
+        )
+        return None
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    try:
+        previous = client.get_run(record["run_id"])
+    except Exception:  # deleted, or a store that never had it
+        log.warning("MLflow run %s of %s is gone: starting a new one.", record["run_id"], output_dir)
+        return None
+    if previous.info.lifecycle_stage == "deleted":
+        return None
+    run = ContinuedRun(client, previous.info.run_id, previous.info.experiment_id, uri)
+    run.logged = dict(previous.data.params)
+    client.update_run(run.run_id, status="RUNNING")
+    if "failure_reason" in previous.data.tags:
+        client.delete_tag(run.run_id, "failure_reason")
+    attempt = int(previous.data.tags.get("attempt", "1")) + 1
+    for key, value in {**tags, "status": "running", "attempt": str(attempt)}.items():
+        client.set_tag(run.run_id, key, str(value))
+    return run
+
+
+def open_job_run(
+    cfg: DictConfig,
+    output_dir: Path,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+) -> JobRun:
+    """The run of the job whose output folder is `output_dir` (see the module docstring)."""
+    record = read_record(output_dir)
+    if record is not None:
+        _check_same_experiment(output_dir, record, cfg)
+    last = output_dir / LAST_CHECKPOINT
+    resume_from = last if record is not None and last.exists() else None
+    if not is_rank_zero():
+        done = record is not None and record.get("status") in DONE
+        return JobRun(SilentRun(), resume_from, _result(record) if done else None)
+
+    if record is not None and record.get("status") in DONE:
+        log.info(
+            "%s already holds the %s MLflow run %s: nothing to train (choose another "
+            "hydra.run.dir to train again).",
+            output_dir,
+            record["status"],
+            record.get("run_id"),
+        )
+        return JobRun(None, None, _result(record))
+
+    run: RecordedRun | None = None
+    if record is not None:
+        run = _continue(cfg, record, output_dir, tags)
+    if run is None:
+        resume_from = None  # a new MLflow run starts training over as well
+        run = RecordedRun.start(
+            cfg.tracking,
+            experiment=experiment,
+            run_name=run_name,
+            tags={**tags, "attempt": "1"},
+            parent_run_id=parent_run_id,
+        )
+        record = {"run_id": run.run_id, "identity": identity(cfg)}
+    run.record_dir = output_dir
+    run.record = {
+        **record,
+        "run_id": run.run_id,
+        "tracking_uri": run.uri,
+        "status": "running",
+        "best_val_loss": None,
+    }
+    write_record(output_dir, run.record)
+    if resume_from is not None:
+        log.info("Continuing MLflow run %s from %s", run.run_id, resume_from)
+        run.set_tags({"resumed_from": str(resume_from)})
+    return JobRun(run, resume_from)
