@@ -22,14 +22,22 @@ from pytorch_lightning.callbacks import Callback
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.data.sampling import sampling_summary
+from fashion_sweeps.distributed import (
+    check_relaunch_possible,
+    is_rank_zero,
+    mark_data_ready,
+    wait_for_rank_zero_data,
+)
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.features import apply_feature_cache
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
+from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.trainer import build_trainer
+from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +54,20 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     start = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
-    run = TrackedRun.start(
-        cfg.tracking,
+    # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
+    job = open_job_run(
+        cfg,
+        output_dir(cfg),
         experiment=cfg.tracking.experiment or cfg.dataset.name,
         run_name=cfg.tracking.run_name or condition_key(cfg),
         tags=tags,
         parent_run_id=cfg.tracking.parent_run_id,
     )
+    if job.run is None:  # this folder's run finished earlier
+        return job.result
+    run = job.run
     try:
-        best = _fit_and_test(cfg, run, start, callbacks)
+        best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
         run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -67,12 +80,14 @@ def _fit_and_test(
     run: TrackedRun,
     start: float,
     callbacks: list[Callback] | None = None,
+    resume_from: Path | None = None,
 ) -> float:
     run.log_config(cfg)
     cache = cfg.get("cache") or {}
     data = FashionDataModule(
         cfg.dataset, cfg.sampler, cfg.seed, cache.get("dir") if cache.get("images") else None
     )
+    wait_for_rank_zero_data(output_dir(cfg))  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
     prepared = data.data
     counts = prepared.counts()
@@ -126,10 +141,13 @@ def _fit_and_test(
         on_features=features.active,
     )
     out = output_dir(cfg)
+    mark_data_ready(out)
+    clock = TrialClock(start)  # overhead around the training steps, logged below
     trainer, checkpoint = build_trainer(
-        cfg.trainer, out, logger=run.lightning_logger(), callbacks=callbacks
+        cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
     )
-    trainer.fit(module, datamodule=data)
+    check_relaunch_possible(trainer)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
     if module.diverged:
         run.set_tags({"status": "diverged", "failure_reason": module.divergence})
@@ -146,6 +164,8 @@ def _fit_and_test(
     best_val_loss = float(checkpoint.best_model_score)
     best_epoch = _epoch_of(checkpoint.best_model_path)
     trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False)
+    if not is_rank_zero():
+        return best_val_loss  # the rest is rank 0's: evaluation and logging
     # The best checkpoint's test-split probabilities, collected once for every report and plot.
     predictions = collect_predictions(module, data.test_dataloader())
     test_metrics = {
@@ -163,12 +183,15 @@ def _fit_and_test(
             "epochs_run": trainer.current_epoch,
             "train_images_seen": data.plan.images_per_epoch * trainer.current_epoch,
             "wall_time_s": time.perf_counter() - start,
+            "startup_s": clock.startup_s,
+            "train_images_per_s": clock.images_per_s,
         }
     )
     # Curves, gallery and the deployable model: after the metrics, so a failure loses nothing.
     test_images = prepared.pixels[prepared.indices("test")]
     log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed)
     run.set_tags({"status": "finished"})
+    run.log_metrics({"teardown_s": clock.teardown_s()})
     run.end("FINISHED")
     log.info(
         "%s: best val_loss %.4f at epoch %d; test acc %.4f, weighted F1 %.4f",

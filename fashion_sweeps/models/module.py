@@ -78,7 +78,10 @@ class ClassifierModule(pl.LightningModule):
             self.trainer.should_stop = True
             return None  # Lightning skips the optimizer step for this batch
         self.train_metrics.update(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP the epoch's loss is averaged over every rank's batches.
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
+        )
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 

@@ -1,0 +1,100 @@
+"""Preemption: a job killed after an epoch, started again with the same command (what a SLURM
+requeue does), trains on from its last checkpoint inside the same MLflow run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.tracking.job_run import RECORD, read_record
+from fashion_sweeps.train import train
+
+EPOCHS = 30
+
+
+def command(fmnist_root: Path, out: Path, mlruns: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fashion_sweeps.train",
+        f"dataset.root={fmnist_root}",
+        "backbone=mlp",
+        "backbone.hidden=16",
+        "dataset.image_size=16",
+        "dataset.batch_size=8",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.patience=1000",
+        "trainer.progress=lines",
+        f"tracking.dir={mlruns}",
+        f"hydra.run.dir={out}",
+    ]
+
+
+def only_run(mlruns: Path):
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_in_the_same_mlflow_run(
+    fmnist_root: Path, tmp_path: Path
+) -> None:
+    out, mlruns = tmp_path / "job", tmp_path / "mlruns"
+    cmd = command(fmnist_root, out, mlruns)
+    last = out / "checkpoints" / "last.ckpt"
+
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not last.exists() and first.poll() is None:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)  # no handler runs: what a lost node or OOM kill leaves
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first attempt ended before it was killed"
+
+    saved_epoch = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert saved_epoch < EPOCHS - 1
+    client, run = only_run(mlruns)
+    assert run.info.status == "RUNNING"
+    logged_before = len(client.get_metric_history(run.info.run_id, "val_loss"))
+
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in second.stderr + second.stdout
+
+    client, resumed = only_run(mlruns)  # continued, not duplicated
+    assert resumed.info.run_id == run.info.run_id
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["attempt"] == "2"
+    assert resumed.data.metrics["epochs_run"] == EPOCHS
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len({m.step for m in history}) == EPOCHS  # every epoch's value, in one curve
+    # Only the epochs after the checkpoint were trained again (restarting would log all EPOCHS).
+    assert len(history) == logged_before + (EPOCHS - 1 - saved_epoch)
+    assert read_record(out)["status"] == "finished"
+
+
+def test_finished_folder_is_not_trained_again(make_cfg, fmnist_root: Path) -> None:
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+        "dataset.image_size=16", "trainer.max_epochs=1",
+    )  # fmt: skip
+    best = train(cfg)
+    assert train(cfg) == pytest.approx(best)
+    client = MlflowClient(read_record(Path(cfg.output_dir))["tracking_uri"])
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+
+
+def test_folder_of_another_config_is_refused(make_cfg, fmnist_root: Path) -> None:
+    base = [f"dataset.root={fmnist_root}", "backbone=mlp", "dataset.image_size=16"]
+    train(make_cfg(*base, "backbone.hidden=16", "trainer.max_epochs=1"))
+    other = make_cfg(*base, "backbone.hidden=8", "trainer.max_epochs=1")
+    with pytest.raises(ValueError, match=r"another configuration \(backbone.hidden: '16' -> '8'"):
+        train(other)
+    assert (Path(other.output_dir) / RECORD).exists()  # the first run's record is kept
