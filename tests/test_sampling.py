@@ -149,8 +149,11 @@ def test_only_the_training_split_is_resampled(make_cfg, clothing_root: Path, nam
     for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
         seen = Counter(data.classes[int(y)] for _, ys in loader for y in ys)
         assert dict(sorted(seen.items())) == counts[split]
-    drawn = torch.cat([ys for _, ys in data.train_dataloader()])
+    train_loader = data.train_dataloader()
+    drawn = torch.cat([ys for _, ys in train_loader])
     assert len(drawn) == data.plan.images_per_epoch
+    # Indices, not copies: the training set reads the one decoded array.
+    assert train_loader.dataset.pixels.data_ptr() == torch.from_numpy(data.data.pixels).data_ptr()
 
 
 def test_weighted_sampler_draws_differently_each_epoch(make_cfg, clothing_root: Path) -> None:

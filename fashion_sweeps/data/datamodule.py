@@ -141,21 +141,27 @@ def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
 
 
 class ImageArrayDataset(Dataset):
-    """(C, H, W) uint8 tensors and labels from the decoded array, with an optional transform."""
+    """(C, H, W) uint8 tensors and labels of the items `indices` picks from the decoded array,
+    with an optional transform. Items are looked up, not copied: an oversampled split repeats
+    indices, never images."""
 
-    def __init__(self, pixels: np.ndarray, targets: np.ndarray, transform: Any = None) -> None:
+    def __init__(
+        self, pixels: np.ndarray, targets: np.ndarray, indices: np.ndarray, transform: Any = None
+    ) -> None:
         self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
         self.targets = torch.from_numpy(targets)
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pixels[i]
+        item = self.indices[i]
+        x = self.pixels[item]
         if self.transform is not None:
             x = self.transform(x)
-        return x, self.targets[i]
+        return x, self.targets[item]
 
 
 def augmentation(options: DictConfig | None) -> v2.Compose | None:
@@ -237,7 +243,7 @@ class FashionDataModule(pl.LightningDataModule):
             idx = idx[self.plan.indices]
         if self.features is not None:
             return TensorDataset(self.features[idx], torch.from_numpy(self.data.targets[idx]))
-        return ImageArrayDataset(self.data.pixels[idx], self.data.targets[idx], transform)
+        return ImageArrayDataset(self.data.pixels, self.data.targets, idx, transform)
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(
