@@ -55,12 +55,13 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], normalised: boo
         for i in range(n):
             for j in range(n):
                 value = matrix[i, j]
-                if (normalised and np.isnan(value)) or value == 0:
+                label = "" if np.isnan(value) else f"{value:.2f}" if normalised else str(int(value))
+                if label in ("", "0", "0.00"):  # empty cells keep the matrix readable
                     continue
                 ax.text(
                     j,
                     i,
-                    f"{value:.2f}" if normalised else str(int(value)),
+                    label,
                     ha="center",
                     va="center",
                     fontsize=6,
