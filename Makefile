@@ -11,7 +11,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers ui clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ sweep:  ## screen, then full runs of its winners; prints both tables
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)
+
+bench:  ## speed figures side by side -> bench/results.json + .md (sizes: ARGS="--images 300")
+	$(FS) bench $(ARGS)
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

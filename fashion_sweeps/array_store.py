@@ -46,14 +46,15 @@ class ArrayStore:
         return self.folder / f"{key}.npy", self.folder / f"{key}.json"
 
     def load(self, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """The array (read-only memory map) and its metadata; None when absent or damaged
+        """The array (a copy-on-write memory map) and its metadata; None when absent or damaged
         (a damaged entry is deleted, so the caller rebuilds it)."""
         array_path, meta_path = self.paths(key)
         if not (array_path.is_file() and meta_path.is_file()):
             return None
         try:
             info = json.loads(meta_path.read_text())
-            array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+            # Copy-on-write: callers (torch.from_numpy) get a writable array; the file never changes.
+            array = np.load(array_path, mmap_mode="c", allow_pickle=False)
             if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"]:
                 raise DamagedEntryError(
                     f"shape {array.shape} {array.dtype.str}, recorded {info['shape']} "

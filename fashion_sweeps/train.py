@@ -37,6 +37,7 @@ from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.trainer import build_trainer
+from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,9 @@ def _fit_and_test(
     )
     out = output_dir(cfg)
     mark_data_ready(out)
+    clock = TrialClock(start)  # overhead around the training steps, logged below
     trainer, checkpoint = build_trainer(
-        cfg.trainer, out, logger=run.lightning_logger(), callbacks=callbacks
+        cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
     )
     check_relaunch_possible(trainer)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
@@ -181,12 +183,15 @@ def _fit_and_test(
             "epochs_run": trainer.current_epoch,
             "train_images_seen": data.plan.images_per_epoch * trainer.current_epoch,
             "wall_time_s": time.perf_counter() - start,
+            "startup_s": clock.startup_s,
+            "train_images_per_s": clock.images_per_s,
         }
     )
     # Curves, gallery and the deployable model: after the metrics, so a failure loses nothing.
     test_images = prepared.pixels[prepared.indices("test")]
     log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed)
     run.set_tags({"status": "finished"})
+    run.log_metrics({"teardown_s": clock.teardown_s()})
     run.end("FINISHED")
     log.info(
         "%s: best val_loss %.4f at epoch %d; test acc %.4f, weighted F1 %.4f",

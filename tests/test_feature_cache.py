@@ -23,6 +23,7 @@ from fashion_sweeps.models.features import (
 )
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
+from fashion_sweeps.trial_clock import TrialClock
 
 # fmnist_cnn with BatchNorm, fully frozen; the batchnorm head has dropout, so the global RNG
 # must be consumed the same way on both paths for the results to match.
@@ -80,10 +81,15 @@ def test_cached_features_train_the_same_head(make_cfg, fmnist_root: Path) -> Non
     results = {}
     for case, features in (("images", "false"), ("miss", "true"), ("hit", "auto")):
         cfg = case_cfg(make_cfg, *base, f"cache.features={features}", f"+tracking.tags.case={case}")
-        probe = BatchNormProbe()
-        train(cfg, callbacks=[probe])
+        probe, clock = BatchNormProbe(), TrialClock()
+        train(cfg, callbacks=[probe, clock])
         assert probe.norms and not probe.training_seen and not probe.moved, case
         results[case] = run_metrics(cfg, case)
+        # The per-trial timings `make bench` reads: every training image of both epochs counted.
+        metrics = results[case][0]
+        assert clock.images == metrics["train_images_seen"] > 0
+        assert 0 < metrics["startup_s"] < metrics["wall_time_s"] and metrics["teardown_s"] > 0
+        assert metrics["train_images_per_s"] > 0
 
     assert [results[c][1]["feature_cache"] for c in results] == ["off", "miss", "hit"]
     images = results["images"][0]

@@ -183,3 +183,9 @@ def test_unknown_sweep_names_the_known_ones(sweep, tmp_path, capsys) -> None:
     assert main(["nope", "--tracking-uri", sweep["uri"], "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "'nope'" in err and "tiny" in err
+
+
+def test_without_a_name_the_latest_sweep_is_reported(sweep, tmp_path, capsys) -> None:
+    assert main(["--tracking-uri", sweep["uri"], "--out", str(tmp_path), "--no-register"]) == 0
+    assert "Report of sweep 'tiny'" in capsys.readouterr().out
+    assert (tmp_path / "report.html").is_file()

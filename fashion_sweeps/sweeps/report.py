@@ -1,4 +1,4 @@
-"""`fashion-sweeps report SWEEP`: one self-contained HTML page (images embedded, no external
+"""`fashion-sweeps report [SWEEP]`: one self-contained HTML page (images embedded, no external
 links, opens offline) and its Markdown twin, built from the sweep's MLflow runs alone.
 
 Contents: the screen ranking; val_loss against learning rate per backbone × head × optimizer;
@@ -15,6 +15,7 @@ import base64
 import html
 import logging
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -71,6 +72,23 @@ class Report:
 
 
 # --- Reading the sweep from MLflow --------------------------------------------------------------
+
+
+def latest_sweep(client: MlflowClient) -> str:
+    """The sweep of the most recently started stage run: what `make sweep` has just run."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.run_kind = '{STAGE_KIND}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs or "sweep" not in runs[0].data.tags:
+        raise ReportError(
+            f"The MLflow store {client.tracking_uri} holds no sweep yet: run "
+            "`fashion-sweeps sweep` (or `make sweep`) first, or give --tracking-uri."
+        )
+    return runs[0].data.tags["sweep"]
 
 
 def stage_parents(client: MlflowClient, sweep: str) -> dict[str, Run]:
@@ -275,12 +293,14 @@ tbody tr:nth-child(even) { background: #fafbfc; }
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: .9rem; }
+.scroll { overflow-x: auto; }
 .note { background: #fff8c5; border: 1px solid #d4a72c; padding: .5rem .8rem; }
 """
 
 
 def table_html(table: pd.DataFrame) -> str:
-    return table.to_html(index=False, border=0, na_rep="—", float_format=lambda v: f"{v:.4g}")
+    inner = table.to_html(index=False, border=0, na_rep="—", float_format=lambda v: f"{v:.4g}")
+    return f'<div class="scroll">{inner}</div>'
 
 
 def render_html(report: Report, created: str) -> str:
@@ -362,7 +382,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Write a sweep's HTML report (self-contained) and its Markdown twin, log "
         "them to the stage parent runs, and register the best full run's model.",
     )
-    parser.add_argument("sweep", help="the sweep's name (`sweep.name`; by default the data set's)")
+    parser.add_argument(
+        "sweep",
+        nargs="?",
+        help="the sweep's name (`sweep.name`; by default the data set's); omitted: the sweep "
+        "whose stage ran last",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="folder (default multirun/sweeps/SWEEP/report)"
     )
@@ -383,11 +408,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
     from fashion_sweeps.tracking.store import store_uri
 
     try:
         client = MlflowClient(store_uri(args.tracking_uri))
+        args.sweep = args.sweep or latest_sweep(client)
         report, parents = build_report(
             client, args.sweep, None if args.no_register else args.register_as
         )

@@ -1,0 +1,80 @@
+"""Bench 3: images/s of one fine-tuning epoch through the framework (`train`: Lightning,
+torchmetrics, MLflow) vs a bare PyTorch loop on the same decoded tensors, batches and model.
+
+Both are timed the same way: from the first training batch to the end of the last one
+(validation excluded). Runs alternate, and the best of `repeats` counts for each, so that
+load from other processes on the machine hurts neither side more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from fashion_sweeps.config import build
+from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.train import train
+from fashion_sweeps.trial_clock import TrialClock
+
+log = logging.getLogger(__name__)
+
+
+def bare_loop(cfg: DictConfig) -> float:
+    """One epoch of the plainest loop over the datamodule's training batches; images/s."""
+    pl.seed_everything(cfg.seed)
+    data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed, cfg.cache.dir)
+    data.setup()
+    prepared = data.data
+    model = build_classifier(
+        cfg.backbone,
+        cfg.head,
+        prepared.classes,
+        prepared.channels,
+        cfg.dataset.image_size,
+        prepared.channel_stats(),
+    )
+    optimizer = build(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
+    model.train()
+    images, first, last = 0, None, None
+    for x, y in data.train_dataloader():
+        first = first or time.perf_counter()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        images += len(y)
+        last = time.perf_counter()
+    return images / (last - first)
+
+
+def framework(cfg: DictConfig) -> float:
+    """One epoch through `train` (the same clock the run logs as train_images_per_s); images/s."""
+    clock = TrialClock()
+    train(cfg, callbacks=[clock])
+    return clock.images_per_s
+
+
+def finetune_bench(make_cfg: Any, repeats: int) -> dict[str, Any]:
+    """`make_cfg(run_name)` gives the fine-tuning config of one attempt."""
+    bare, full = [], []
+    for attempt in range(repeats):
+        bare.append(bare_loop(make_cfg(f"bare-{attempt}")))
+        full.append(framework(make_cfg(f"framework-{attempt}")))
+        log.info(
+            "Fine-tuning attempt %d: bare %.1f, framework %.1f images/s",
+            attempt,
+            bare[-1],
+            full[-1],
+        )
+    return {
+        "bare_images_per_s": bare,
+        "framework_images_per_s": full,
+        "bare_best": max(bare),
+        "framework_best": max(full),
+        "ratio": max(full) / max(bare),
+    }

@@ -1,0 +1,124 @@
+"""`bench/results.json` and its Markdown table, with the issue's targets checked."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = {"screen": 20.0, "data": 10.0, "finetune": 0.9, "overhead_s": 1.0}
+
+
+def _mark(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def overhead(screen: dict[str, Any]) -> tuple[float, float]:
+    """(start -> first step, last step -> run closed), median seconds over the cached screen's
+    trials; the start includes the launcher's gap between one trial and the next."""
+    trials = screen["trials_cached"]
+    between = trials["between_trials_s"] if math.isfinite(trials["between_trials_s"]) else 0.0
+    return trials["startup_s"] + between, trials["teardown_s"]
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| measure | baseline | this framework | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    screen, data, tune = results.get("screen"), results.get("data"), results.get("finetune")
+    if screen:
+        grid = f"{screen['conditions']} conditions x {results['settings']['epochs']} epoch(s)"
+        rows.append(
+            f"| 1. Frozen-backbone screen, {grid} (wall s) | {_num(screen['uncached_s'])} "
+            f"(no feature cache) | {_num(screen['cached_s'])} (feature cache) | "
+            f"{_num(screen['ratio'])}x | >= {TARGETS['screen']:g}x | "
+            f"{_mark(screen['ratio'] >= TARGETS['screen'])} |"
+        )
+        rows.append(
+            f"| 1. Same ranking of the conditions | | max val_loss difference "
+            f"{screen['max_val_loss_difference']:.2g} | | identical | {_mark(screen['same_ranking'])} |"
+        )
+    if data:
+        rows.append(
+            f"| 2. Data loading, epochs 2+ (images/s) | {_num(data['jpeg_epoch2plus'])} (JPEG decode "
+            f"each epoch) | {_num(data['cached_epoch2plus'])} (decode-once cache) | "
+            f"{_num(data['ratio'])}x | >= {TARGETS['data']:g}x | {_mark(data['ratio'] >= TARGETS['data'])} |"
+        )
+    if tune:
+        rows.append(
+            f"| 3. Fine-tuning, one epoch (images/s) | {_num(tune['bare_best'])} (bare PyTorch "
+            f"loop) | {_num(tune['framework_best'])} (Lightning + metrics + MLflow) | "
+            f"{_num(tune['ratio'], 2)}x | >= {TARGETS['finetune']:g}x | "
+            f"{_mark(tune['ratio'] >= TARGETS['finetune'])} |"
+        )
+    if screen:
+        start, end = overhead(screen)
+        limit = TARGETS["overhead_s"]
+        rows.append(
+            f"| 4. Per-trial overhead, median of the cached screen (s) | start -> first step "
+            f"{_num(start, 2)} | last step -> run closed {_num(end, 2)} | | <= {limit:g} s each | "
+            f"{_mark(start <= limit and end <= limit)} |"
+        )
+    return "\n".join(rows)
+
+
+def profile_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    screen = results.get("screen")
+    if screen:
+        cached, uncached = screen["trials_cached"], screen["trials_uncached"]
+        lines += [
+            f"- Screen trials, median wall s: {_num(uncached['trial_wall_s'], 2)} without the feature "
+            f"cache, {_num(cached['trial_wall_s'], 2)} with it (features computed once in "
+            f"{_num(cached['feature_cache_s_max'], 2)} s). Per cached trial: run start -> first step "
+            f"{_num(cached['startup_s'], 2)} s, last step -> closed {_num(cached['teardown_s'], 2)} s, "
+            f"launcher gap between trials {_num(cached['between_trials_s'], 2)} s.",
+            "- Each screen process outside its trials (imports, study, parent run, tables): "
+            f"{_num(screen['uncached_s'] - uncached['trials_wall_total_s'], 1)} s without, "
+            f"{_num(screen['cached_s'] - cached['trials_wall_total_s'], 1)} s with the cache.",
+        ]
+    trial = results.get("profile")
+    if trial:
+        steps = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in trial["steps"])
+        lines.append(
+            f"- One cached trial under cProfile ({trial['trial_s']:.2f} s, inflated by the "
+            f"profiler): {steps}."
+        )
+    data = results.get("data")
+    if data:
+        lines.append(
+            f"- Image cache: built (decode + write) in {_num(data['cache_build_s'], 2)} s, read back "
+            f"and verified in {_num(data['cache_load_s'], 2)} s for {data['images']} photos."
+        )
+    return lines
+
+
+def write(results: dict[str, Any], folder: Path) -> Path:
+    """Write results.json and results.md into `folder`; returns the Markdown file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    settings = results["settings"]
+    lines = [
+        "# fashion_sweeps benchmark",
+        "",
+        f"Data: {settings['data']}; image size {settings['image_size']} px; screen backbone "
+        f"{settings['backbone']} (frozen); fine-tuning backbone {settings['finetune_backbone']}; "
+        f"{settings['cpus']} CPU cores, {settings['torch_threads']} torch threads; "
+        f"{settings['when']}; bench wall time {_num(results.get('total_s', float('nan')))} s.",
+        "",
+        table(results),
+        "",
+        "## Profile",
+        "",
+        *profile_lines(results),
+        "",
+    ]
+    path = folder / "results.md"
+    path.write_text("\n".join(lines))
+    return path

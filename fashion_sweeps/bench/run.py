@@ -1,0 +1,157 @@
+"""`fashion-sweeps bench [--images N] [--image-size PX] ...`: run the four benches side by side on
+the same data and write bench/results.json and bench/results.md (also printed).
+
+Results are written after every bench, so an interrupted or failed bench keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fashion_sweeps.bench import report
+from fashion_sweeps.bench.finetune import finetune_bench
+from fashion_sweeps.bench.loading import loading_bench
+from fashion_sweeps.bench.profile import profile_trial
+from fashion_sweeps.bench.screen import ScreenSettings, screen_bench
+from fashion_sweeps.bench.workspace import bench_cfg, bench_data
+from fashion_sweeps.config import CONF_DIR
+
+log = logging.getLogger(__name__)
+
+BENCHES = ("data", "finetune", "screen")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fashion-sweeps bench",
+        description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
+        "side by side (see README, `make bench`).",
+    )
+    parser.add_argument("--images", type=int, default=600, help="photos in the bench data set")
+    parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
+    parser.add_argument("--backbone", default="mobilenet_v2", help="the screen's frozen backbone")
+    parser.add_argument("--heads", default="fc,batchnorm", help="the screen's heads")
+    parser.add_argument("--optimizers", default="adam,sgd", help="the screen's optimizers")
+    parser.add_argument("--lrs", default="0.1,0.01,0.001", help="the screen's learning rates")
+    parser.add_argument("--epochs", type=int, default=3, help="screen epochs per condition")
+    parser.add_argument("--load-epochs", type=int, default=3, help="passes in the data bench")
+    parser.add_argument("--finetune-backbone", default="mobilenet_v2")
+    parser.add_argument("--repeats", type=int, default=2, help="fine-tuning attempts per side")
+    parser.add_argument(
+        "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=CONF_DIR.parent / "bench", help="results folder"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
+    )
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(BENCHES)
+    if unknown:
+        parser.error(f"--only {args.only}: unknown bench(es) {sorted(unknown)}; use {BENCHES}")
+    if args.images < 60:
+        parser.error("--images must be at least 60: every split needs images of most classes")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="fashion-sweeps-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    root, described = bench_data(work / "data", args.images, args.synthetic)
+    results: dict[str, Any] = {
+        "settings": {
+            "data": described,
+            "images": args.images,
+            "image_size": args.image_size,
+            "backbone": args.backbone,
+            "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
+            "epochs": args.epochs,
+            "finetune_backbone": args.finetune_backbone,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "when": datetime.now().isoformat(timespec="seconds"),
+            "workdir": str(work),
+        }
+    }
+    only = args.only.split(",")
+    size = f"dataset.image_size={args.image_size}"
+
+    def save() -> None:
+        results["total_s"] = time.perf_counter() - start
+        report.write(results, args.out)
+
+    try:
+        if "data" in only:
+            log.info("Bench 2: data loading")
+            results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
+            save()
+        if "finetune" in only:
+            log.info("Bench 3: fine-tuning, framework vs bare loop")
+            tune = [
+                f"backbone={args.finetune_backbone}",
+                "backbone.freeze=false",
+                "trainer.max_epochs=1",
+            ]
+            results["finetune"] = finetune_bench(
+                lambda name: bench_cfg(root, work, name, size, *tune), args.repeats
+            )
+            save()
+        if "screen" in only:
+            log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
+            settings = ScreenSettings(
+                root,
+                work,
+                args.image_size,
+                args.backbone,
+                args.epochs,
+                args.heads,
+                args.optimizers,
+                args.lrs,
+            )
+            results["screen"] = screen_bench(settings)
+            save()
+            # The features are stored by now: this is a cached trial as the screen ran them.
+            frozen = [
+                f"backbone={args.backbone}",
+                "backbone.freeze=true",
+                f"trainer.max_epochs={args.epochs}",
+            ]
+            results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
+    finally:
+        save()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results = run(args)
+    print((args.out / "results.md").read_text())
+    log.info(
+        "Wrote %s and %s in %.0f s",
+        args.out / "results.json",
+        args.out / "results.md",
+        results["total_s"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
