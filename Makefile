@@ -11,7 +11,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench ui clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report predict serve ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,7 @@ train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=
 
 demo:  ## a tiny screen and its full runs on the bundled offline sample (a few minutes)
 	$(FS) sweep dataset=clothing_sample sweep=tiny $(ARGS)
+	$(FS) report
 
 screen:  ## the 24-condition screen, resumable: make screen DATASET=clothing ROOT=... ARGS="..."
 	$(FS) screen $(DATA_ARGS) $(ARGS)
@@ -48,14 +49,25 @@ screen:  ## the 24-condition screen, resumable: make screen DATASET=clothing ROO
 full:  ## full runs of the screen's top 4 (10 epochs, early stopping, tested)
 	$(FS) full $(DATA_ARGS) $(ARGS)
 
-sweep:  ## screen, then full runs of its winners; prints both tables
+sweep:  ## screen, then full runs of its winners; prints both tables, writes the report
 	$(FS) sweep $(DATA_ARGS) $(ARGS)
+	$(FS) report
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)
 
 bench:  ## speed figures side by side -> bench/results.json + .md (sizes: ARGS="--images 300")
 	$(FS) bench $(ARGS)
+
+report:  ## the HTML/Markdown report of a sweep (SWEEP=name, default the latest) + champion model
+	$(FS) report $(SWEEP) $(ARGS)
+
+predict:  ## tag photos with the champion model: make predict IMAGES=folder [ARGS="--top-k 3 --out x.csv"]
+	$(FS) predict $(IMAGES) $(ARGS)
+
+serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@alias to choose)
+	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+	  $(BIN)/mlflow models serve -m $(or $(MODEL),models:/fashion-classifier@champion) --env-manager local -h 127.0.0.1 -p 5001
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
