@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,16 @@ def identity(cfg: DictConfig) -> dict[str, str]:
     """The flattened config values that define what a run trains."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     return {k: str(v) for k, v in flatten(resolved) if not k.startswith(MAY_CHANGE)}
+
+
+def where_it_runs() -> dict[str, str]:
+    """Tags that find a run's process and logs: host, pid and, on SLURM, the job (array) id."""
+    tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        tags["slurm_job_id"] = f"{job}_{task}" if task else job
+    return tags
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -203,7 +214,9 @@ def _continue(
     try:
         previous = client.get_run(record["run_id"])
     except Exception:  # deleted, or a store that never had it
-        log.warning("MLflow run %s of %s is gone: starting a new one.", record["run_id"], output_dir)
+        log.warning(
+            "MLflow run %s of %s is gone: starting a new one.", record["run_id"], output_dir
+        )
         return None
     if previous.info.lifecycle_stage == "deleted":
         return None
@@ -213,7 +226,12 @@ def _continue(
     if "failure_reason" in previous.data.tags:
         client.delete_tag(run.run_id, "failure_reason")
     attempt = int(previous.data.tags.get("attempt", "1")) + 1
-    for key, value in {**tags, "status": "running", "attempt": str(attempt)}.items():
+    for key, value in {
+        **tags,
+        **where_it_runs(),
+        "status": "running",
+        "attempt": str(attempt),
+    }.items():
         client.set_tag(run.run_id, key, str(value))
     return run
 
@@ -255,7 +273,7 @@ def open_job_run(
             cfg.tracking,
             experiment=experiment,
             run_name=run_name,
-            tags={**tags, "attempt": "1"},
+            tags={**tags, **where_it_runs(), "attempt": "1"},
             parent_run_id=parent_run_id,
         )
         record = {"run_id": run.run_id, "identity": identity(cfg)}

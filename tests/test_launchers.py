@@ -1,0 +1,60 @@
+"""Hydra launchers: trials of a sweep run as separate processes (submitit_local, the stand-in of
+SLURM) and all land in MLflow; the SLURM preset sizes each job from the trainer config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.config import CONF_DIR
+
+
+def test_submitit_local_runs_two_trials_in_separate_processes_that_both_log(
+    fmnist_root: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "fashion_sweeps.cli", "screen",
+            "sweep=tiny", "sweep.name=t", "dataset=fashion_mnist", f"dataset.root={fmnist_root}",
+            "backbone=mlp", "backbone.hidden=16", "optimizer.lr=0.01,0.001",
+            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+            f"tracking.dir={tmp_path / 'mlruns'}", "trainer.progress=lines",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("run_kind") == "stage"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["lr"] for r in trials) == ["0.001", "0.01"]
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert all("val_loss" in r.data.metrics for r in trials)
+    pids = {r.data.tags["pid"] for r in trials}
+    assert len(pids) == 2, "each trial runs in a process of its own"
+    # submitit started them as two jobs, one folder of logs each.
+    jobs = tmp_path / "multirun" / "sweeps" / "t" / "screen" / ".submitit"
+    assert len([p for p in jobs.iterdir() if p.name.isdigit()]) == 2
+
+
+def test_slurm_preset_starts_one_task_per_device_on_each_node() -> None:
+    with initialize_config_dir(str(CONF_DIR)):
+        ddp = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                       "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )  # fmt: skip
+        cpu = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = ddp.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_task) == (4, 2, 1)
+    assert launcher.partition == "gpu"
+    assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.nodes) == (1, 1)
