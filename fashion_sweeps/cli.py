@@ -6,6 +6,7 @@ Sub-commands that run Hydra apps pass every further argument to Hydra as overrid
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 
@@ -45,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra apps read sys.argv themselves.
     sys.argv = [f"fashion-sweeps {name}", *rest]
-    result = _load(COMMANDS[name][0])()
+    target = COMMANDS[name][0]
+    # Lightning's DDP starts ranks > 0 as `python -m <__main__.__spec__.name> <sys.argv[1:]>`:
+    # point it at the command's module (`fashion-sweeps train` -> `python -m fashion_sweeps.train`).
+    main_module = sys.modules["__main__"]
+    spec = getattr(main_module, "__spec__", None)
+    main_module.__spec__ = importlib.util.find_spec(target.split(":")[0])
+    try:
+        result = _load(target)()
+    finally:
+        main_module.__spec__ = spec
     return result if isinstance(result, int) else 0
 
 
