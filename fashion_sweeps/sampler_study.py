@@ -161,11 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    # force: importing mlflow.pytorch already called basicConfig(level=ERROR), hiding our log.
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", force=True
+    )
     try:
         run_study(args)
     except HydraException as err:
-        print(f"fashion-sweeps samplers: {err}", file=sys.stderr)
+        message = str(err).split("\nConfig search path:")[0].strip()  # the path is noise here
+        print(f"fashion-sweeps samplers: {message}", file=sys.stderr)
         return 2
     return 0
 
