@@ -11,7 +11,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report predict serve ui clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report predict serve ui server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,21 @@ serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# The tracking server every worker reports to: `make server` here, `make server HOST=0.0.0.0
+# ALLOWED_HOSTS=$$(hostname):5000` for compute nodes; runs then use tracking.uri=http://HOST:PORT.
+HOST ?= 127.0.0.1
+PORT ?= 5000
+WORKERS ?= 2
+ALLOWED_HOSTS ?=
+STORE ?= $(CURDIR)/mlruns
+
+server:  ## MLflow tracking server on 127.0.0.1:5000 (HOST=, PORT=): SQLite mlruns/mlflow.db, artifacts mlruns/artifacts
+	mkdir -p $(STORE)/artifacts
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+		--serve-artifacts --artifacts-destination $(abspath $(STORE))/artifacts \
+		--host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 clean:  ## remove run outputs and the local MLflow store (keeps the placeholders)
 	find multirun mlruns -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,72 @@
+"""`make server`: an MLflow tracking server over an SQLite store with served artifacts; runs
+given `tracking.uri=http://...` land in its store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.train import train
+
+REPO = CONF_DIR.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """`make server` on a free port, its store in tmp_path; stopped with its process group."""
+    port, store = free_port(), tmp_path / "server_store"
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(REPO), "server", f"PORT={port}", f"STORE={store}", "WORKERS=1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            pytest.fail(f"make server did not come up: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.5)
+    yield url, store
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def test_runs_land_in_the_tracking_server(server, make_cfg, fmnist_root: Path) -> None:
+    url, store = server
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+        "dataset.image_size=16", "trainer.max_epochs=1", f"tracking.uri={url}",
+    )  # fmt: skip
+    train(cfg)
+
+    client = MlflowClient(url)
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion_mnist").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # The server keeps both: runs in its SQLite file, artifacts in its folder, none locally.
+    direct = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert direct.get_run(run.info.run_id).info.status == "FINISHED"
+    assert list((store / "artifacts").rglob("config.yaml"))
+    assert not (Path(cfg.tracking.dir) / "mlflow.db").exists()
