@@ -84,7 +84,8 @@ def study_table(runs: Sequence[Run], samplers: Sequence[str]) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     formats = [".1f" if col == "wall_time_s" else ".4f" for col in table.columns]
-    return table.to_markdown(index=False, floatfmt=formats)
+    cells = table.astype(object).where(table.notna(), None)  # runs without a test: empty cells
+    return cells.to_markdown(index=False, floatfmt=formats, missingval="")
 
 
 def _publish(parent: TrackedRun, table: pd.DataFrame, folder: Path, title: str) -> str:
