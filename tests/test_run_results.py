@@ -14,6 +14,7 @@ from PIL import Image
 from fashion_sweeps.data.datamodule import prepare_arrays
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.model_logging import load_classifier
+from fashion_sweeps.tracking.plots import epoch_histories, gallery_indices
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 
@@ -47,6 +48,14 @@ def test_a_run_leaves_curves_gallery_label_map_and_a_servable_model(
         image.verify()
         assert image.format == "PNG" and image.size[0] >= min_width
 
+    # The curves are drawn from one point per epoch, read back from MLflow.
+    histories = epoch_histories(client, run.info.run_id, ["train_loss", "val_loss", "val_acc"])
+    assert {k: [e for e, _ in v] for k, v in histories.items()} == {
+        "train_loss": [1, 2],
+        "val_loss": [1, 2],
+        "val_acc": [1, 2],
+    }
+
     classes = json.loads(artifact(client, run.info.run_id, "label_map.json", tmp_path))
     assert classes == ["Dress", "Pants", "Shoes"]
 
@@ -76,3 +85,10 @@ def test_model_logging_can_be_switched_off(make_cfg, clothing_root) -> None:
     assert "model_uri" not in run.data.tags
     names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert names == {"plots/learning_curves.png", "plots/gallery.png"}
+
+
+def test_gallery_picks_the_same_images_for_the_same_seed() -> None:
+    assert list(gallery_indices(50, 10, seed=42)) == list(gallery_indices(50, 10, seed=42))
+    assert list(gallery_indices(50, 10, seed=42)) != list(gallery_indices(50, 10, seed=43))
+    assert len(set(gallery_indices(50, 10, seed=1))) == 10
+    assert list(gallery_indices(4, 10, seed=1)) == [0, 1, 2, 3]  # fewer test images than asked

@@ -41,7 +41,9 @@ def epoch_histories(
     step_to_epoch = {m.step: int(m.value) + 1 for m in client.get_metric_history(run_id, "epoch")}
     out = {}
     for key in keys:
-        history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        history = sorted(
+            client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)
+        )
         out[key] = [
             (step_to_epoch.get(m.step, i + 1), float(m.value)) for i, m in enumerate(history)
         ]
@@ -129,8 +131,8 @@ def lr_figure(series: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
     ax.set_ylabel("best val_loss")
     ax.set_title("Learning rate against val_loss (x on the top edge: diverged)")
     ax.grid(alpha=0.3, which="both")
-    if series:
-        ax.legend(fontsize=8, loc="best")
+    if series:  # outside the axes: with many lines a legend inside hides some of them
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
