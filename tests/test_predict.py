@@ -125,3 +125,13 @@ def test_unknown_model_is_a_clear_error(store, photos, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "models:/nope@champion" in err and "fashion-sweeps report" in err
+
+
+def test_a_grey_model_tags_colour_photos(store, photos, tmp_path):
+    """A Fashion-MNIST-like model (1 channel) gets the photos converted to grey at its size."""
+    run = TrackedRun.start(OmegaConf.create({"uri": store}), "models")
+    uri = log_classifier(run, tiny_module(channels=1).model, images(2, channels=1))
+    out = tmp_path / "grey.csv"
+    assert main([str(photos), "--tracking-uri", store, "--model", uri, "--out", str(out)]) == 0
+    tagged = [r for r in rows(out) if not r["error"]]
+    assert len(tagged) == 7 and all(r["label_1"] in CLASSES for r in tagged)
