@@ -25,6 +25,8 @@ def results(screen_ratio: float, data_ratio: float, tune_ratio: float, teardown:
     return {
         "settings": {
             "data": "synthetic",
+            "images": 60,
+            "available_images": 600,
             "image_size": 32,
             "backbone": "mobilenet_v2",
             "finetune_backbone": "mobilenet_v2",
@@ -32,6 +34,7 @@ def results(screen_ratio: float, data_ratio: float, tune_ratio: float, teardown:
             "cpus": 2,
             "torch_threads": 2,
             "when": "now",
+            "load_average_before": [0.5, 0.5, 0.5],
         },
         "screen": {
             "conditions": 12,
@@ -66,6 +69,7 @@ def test_table_judges_every_target(tmp_path: Path) -> None:
     bad = report.write(results(5.0, 50.0, 0.8, 1.7), tmp_path / "bad").read_text()
     assert met_column(bad) == ["**no**", "yes", "yes", "**no**", "**no**"]
     assert json.loads((tmp_path / "bad" / "results.json").read_text())["screen"]["ratio"] == 5.0
+    assert "Projection from these parts to all 600 photos" in bad
 
 
 @pytest.mark.slow

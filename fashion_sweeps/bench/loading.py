@@ -1,5 +1,6 @@
 """Bench 2: images/s of training epochs 2+ served from the decode-once cache (the real
-datamodule) vs decoding every JPEG again each epoch, same items, batch size and workers."""
+datamodule) vs decoding every JPEG again each epoch, same items, batch size and workers; the
+best epoch after the first counts on each side."""
 
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def loading_bench(cfg: DictConfig, epochs: int) -> dict[str, Any]:
     log.info("Data: %d training images per epoch, %d epochs each way", len(train), epochs)
     jpeg_rates = epoch_rates(jpeg, epochs)
     cached_rates = epoch_rates(cached, epochs)
-    jpeg_later = float(np.mean(jpeg_rates[1:]))
-    cached_later = float(np.mean(cached_rates[1:]))
+    # The best of epochs 2+: other processes' load only ever slows an epoch down.
+    jpeg_later = max(jpeg_rates[1:])
+    cached_later = max(cached_rates[1:])
     return {
         "images": len(paths),
         "train_images": len(train),

@@ -63,6 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.only.split(",")) - set(BENCHES)
     if unknown:
         parser.error(f"--only {args.only}: unknown bench(es) {sorted(unknown)}; use {BENCHES}")
+    if args.load_epochs < 2:
+        parser.error("--load-epochs must be at least 2: the data bench times epochs 2+")
     if args.images < 60:
         parser.error("--images must be at least 60: every split needs images of most classes")
     return args
@@ -72,11 +74,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fashion-sweeps-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    root, described = bench_data(work / "data", args.images, args.synthetic)
+    root, described, available = bench_data(work / "data", args.images, args.synthetic)
     results: dict[str, Any] = {
         "settings": {
             "data": described,
             "images": args.images,
+            "available_images": available,
             "image_size": args.image_size,
             "backbone": args.backbone,
             "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "when": datetime.now().isoformat(timespec="seconds"),
             "workdir": str(work),
+            # Other processes' load makes every figure noisy: recorded to judge the run by.
+            "load_average_before": os.getloadavg(),
         }
     }
     only = args.only.split(",")
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def save() -> None:
         results["total_s"] = time.perf_counter() - start
+        results["settings"]["load_average_after"] = os.getloadavg()
         report.write(results, args.out)
 
     try:
@@ -141,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # force: importing mlflow.pytorch already set the root logger to ERROR with its own handler.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     results = run(args)
     print((args.out / "results.md").read_text())
     log.info(

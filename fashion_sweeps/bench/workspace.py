@@ -35,23 +35,24 @@ def real_clothing() -> Path | None:
     return None
 
 
-def clothing_subset(source: Path, target: Path, images: int) -> int:
+def clothing_subset(source: Path, target: Path, images: int) -> tuple[int, int]:
     """The first `images` usable rows of `source` (labelled, not excluded, photo present), as
-    `target/images.csv` + symlinks in `target/images`. Returns the number of rows written."""
+    `target/images.csv` + symlinks in `target/images`. Returns (rows written, usable rows)."""
     (target / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, usable = [], 0
     with (source / "images.csv").open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             photo = source / "images" / f"{row['image']}.jpg"
-            if row["label"] and row["label"] not in EXCLUDED and photo.is_file():
+            if not (row["label"] and row["label"] not in EXCLUDED and photo.is_file()):
+                continue
+            usable += 1
+            if len(rows) < images:
                 rows.append(row)
                 link = target / "images" / photo.name
                 if not link.exists():
                     link.symlink_to(photo)
-            if len(rows) == images:
-                break
     _write_csv(target, rows)
-    return len(rows)
+    return len(rows), usable
 
 
 def synthetic_clothing(target: Path, images: int, seed: int = 0) -> int:
@@ -88,16 +89,17 @@ def _write_csv(target: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def bench_data(target: Path, images: int, synthetic: bool = False) -> tuple[Path, str]:
-    """A clothing-format folder of `images` photos under `target`, and what it is made of."""
+def bench_data(target: Path, images: int, synthetic: bool = False) -> tuple[Path, str, int]:
+    """A clothing-format folder of `images` photos under `target`, what it is made of, and how
+    many photos the whole data set has (for projections)."""
     real = None if synthetic else real_clothing()
     if real is not None:
-        n = clothing_subset(real, target, images)
-        return target, f"clothing ({real}): first {n} usable photos"
+        n, usable = clothing_subset(real, target, images)
+        return target, f"clothing ({real}): first {n} of {usable} usable photos", usable
     n = synthetic_clothing(target, images)
     if not synthetic:
         log.warning("No clothing data found: benchmarking on %d synthetic photos", n)
-    return target, f"synthetic: {n} JPEG photos 400x533"
+    return target, f"synthetic: {n} JPEG photos 400x533", n
 
 
 def bench_cfg(root: Path, work: Path, run_name: str, *overrides: str) -> DictConfig:
