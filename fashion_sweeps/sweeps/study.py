@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from fashion_sweeps.sweeps.space import params_id
+from fashion_sweeps.sweeps.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says what happens
     return optuna.create_study(
         study_name=name,
-        storage=sqlite_ready(storage),
+        storage=open_storage(sqlite_ready(storage)),
         sampler=sampler,
         direction=direction,
         load_if_exists=True,
@@ -57,7 +58,7 @@ def open_study(
 def load_study(storage: str, name: str) -> optuna.Study | None:
     """An existing study, or None when the storage has no study of that name."""
     try:
-        return optuna.load_study(study_name=name, storage=sqlite_ready(storage))
+        return optuna.load_study(study_name=name, storage=open_storage(sqlite_ready(storage)))
     except KeyError:
         return None
 

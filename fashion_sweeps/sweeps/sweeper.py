@@ -35,11 +35,10 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
-from fashion_sweeps.sweeps import stage_run, tables
+from fashion_sweeps.sweeps import stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import GRID_SAMPLER, SearchSpace, override_lines, params_id, quoted
 from fashion_sweeps.sweeps.study import (
-    abandon_leftovers,
     done_ids,
     finish_trial,
     load_study,
@@ -47,7 +46,6 @@ from fashion_sweeps.sweeps.study import (
     open_study,
     outcome_of,
     sqlite_ready,
-    start_trial,
 )
 
 log = logging.getLogger(__name__)
@@ -244,9 +242,13 @@ class StagesSweeper(Sweeper):
     ) -> tuple[DictConfig, SearchSpace, optuna.Study, list | int, int]:
         settings = self._settings()
         space = SearchSpace.parse(self.params, arguments)
+        # Exactly one of several workers started together creates the study (workers.py).
+        self.created = workers.create_study_if_missing(
+            self.storage, self.study_name, self.direction
+        )
         study = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
-        abandon_leftovers(study)
+        workers.abandon_leftovers(study)  # claims of workers that are gone
         warn_if_settings_changed(study, space.fixed)
         self.winners = []
         if settings.stage == "screen":
@@ -275,7 +277,13 @@ class StagesSweeper(Sweeper):
         )
         # The data set name is the default experiment of every run, and of the parent with them.
         experiment = str(self.config.tracking.experiment or self.config.dataset.name)
-        parent = stage_run.open_stage_run(self.config.tracking, experiment, name, stage)
+        # One parent for every worker on this stage: the study holds its id.
+        parent = workers.shared_stage_run(
+            study,
+            self.created,
+            self.config.tracking,
+            lambda: stage_run.open_stage_run(self.config.tracking, experiment, name, stage),
+        )
         fixed = [line for line in space.fixed if not line.startswith("sweep.stage=")]
         fixed += [f"sweep.stage={stage}"]
         common = [
@@ -304,8 +312,12 @@ class StagesSweeper(Sweeper):
             )
             raise
         self._publish(parent, stage, name, time.perf_counter() - start)
-        parent.set_tags({"status": "failed" if crashed else "finished"})
-        parent.end("FAILED" if crashed else "FINISHED")
+        busy = workers.others_active(study)
+        if busy:  # the last worker to finish ends the parent and publishes the whole table
+            log.info("%d condition(s) of this stage are still trained by other workers.", busy)
+        else:
+            parent.set_tags({"status": "failed" if crashed else "finished"})
+            parent.end("FAILED" if crashed else "FINISHED")
         if crashed:
             log.error(
                 "%d condition(s) crashed (errors above, logs in their folders); run the same "
@@ -333,6 +345,7 @@ class StagesSweeper(Sweeper):
                 condition = self._condition(params, fixed)
                 for key, value in (("params", params), ("condition", condition)):
                     trial.set_user_attr(key, value)
+                workers.hold(study, trial)
                 if params_id(params) in done:
                     # Samplers may propose a done point again (small categorical spaces).
                     finish_trial(study, trial, "duplicate", None)
@@ -342,8 +355,9 @@ class StagesSweeper(Sweeper):
             return jobs
         jobs = [Job(p, self._condition(p, fixed)) for p in batch]
         for job in jobs:
-            job.trial = start_trial(study, job.params, job.condition)
-        return jobs
+            job.trial = workers.claim(study, job.params, job.condition)
+        # A condition another worker trains, or finished meanwhile, is left to it.
+        return [job for job in jobs if job.trial is not None]
 
     def _run(
         self,

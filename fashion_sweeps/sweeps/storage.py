@@ -1,0 +1,42 @@
+"""Where a sweep's Optuna studies live: `hydra.sweeper.storage`  (conf/sweep/).
+
+- `sqlite:///multirun/sweeps/optuna.db`: one machine (the default).
+- `journal:/shared/sweeps/optuna.journal`: Optuna's journal file storage, for workers on many
+  machines sharing a filesystem (NFS, Lustre...), where SQLite's locking is not reliable.
+- any other SQLAlchemy URL (`postgresql://user:pass@host/db`, `mysql+pymysql://...`): a database
+  server every worker can reach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+JOURNAL = "journal:"
+
+
+def journal_path(spec: str) -> Path:
+    """The file of a `journal:<path>` storage, absolute (a relative path is taken from the
+    current folder), its folder created."""
+    path = Path(spec.removeprefix(JOURNAL).removeprefix("//")).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def open_storage(spec: str) -> BaseStorage:
+    """The Optuna storage `spec` names: a journal file for `journal:<path>`, else the database
+    of an SQLAlchemy URL. A URL Optuna cannot open fails with one message saying what works."""
+    if spec.startswith(JOURNAL):
+        # The default lock (a symlink) works on NFS, unlike fcntl locks on many clusters.
+        return JournalStorage(JournalFileBackend(str(journal_path(spec))))
+    try:
+        return optuna.storages.get_storage(spec)
+    except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or a missing driver
+        raise ValueError(
+            f"hydra.sweeper.storage={spec!r} cannot be opened ({type(err).__name__}: {err}). Use "
+            "sqlite:///path.db (one machine), journal:/shared/path.journal (a shared "
+            "filesystem) or a database URL such as postgresql://user:pass@host/db."
+        ) from err

@@ -1,0 +1,98 @@
+"""Several workers on one sweep stage through a shared study storage (journal file here): every
+condition trained exactly once, claims of dead workers taken back, live ones left alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from fashion_sweeps.sweeps import workers
+from fashion_sweeps.sweeps.storage import open_storage
+from fashion_sweeps.sweeps.study import OUTCOME, PARAMS, open_study
+
+LRS = ["0.1", "0.03", "0.01", "0.003", "0.001", "0.0003"]
+
+
+def other_workers_claim(study: optuna.Study, params: dict, **who) -> None:
+    """A RUNNING trial as another worker process leaves it in the storage."""
+    attrs = {workers.WORKER: "elsewhere-1", workers.HOST: "elsewhere", workers.PID: 1}
+    attrs |= {workers.ALIVE: time.time(), PARAMS: params, **who}
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+    study._storage.create_new_trial(study._study_id, template_trial=template)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    return open_study(f"journal:{tmp_path / 'optuna.journal'}", "s/screen", "minimize")
+
+
+def test_a_condition_a_live_worker_holds_is_not_claimed_again(study) -> None:
+    other_workers_claim(study, {"optimizer.lr": 0.1})
+    assert workers.claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is None
+    mine = workers.claim(study, {"optimizer.lr": 0.01}, "mlp/fc/adam/0.01")
+    assert mine is not None and mine.user_attrs[workers.WORKER] == workers.worker_id()
+    assert workers.others_active(study) == 1
+
+
+def test_claims_of_gone_workers_are_abandoned_and_trained_again(study) -> None:
+    stale = time.time() - workers.STALE_S - 1
+    other_workers_claim(study, {"optimizer.lr": 0.1}, **{workers.ALIVE: stale})
+    other_workers_claim(study, {"optimizer.lr": 0.01}, **{workers.WORKER: workers.worker_id()})
+    other_workers_claim(study, {"optimizer.lr": 0.001})  # alive elsewhere
+    assert workers.abandon_leftovers(study) == 2
+    states = {t.user_attrs[PARAMS]["optimizer.lr"]: t for t in study.trials}
+    assert states[0.1].user_attrs[OUTCOME] == "abandoned" and states[0.1].state == TrialState.FAIL
+    assert states[0.01].user_attrs[OUTCOME] == "abandoned"
+    assert states[0.001].state == TrialState.RUNNING
+    assert workers.claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is not None
+
+
+def test_an_unopenable_storage_url_says_what_works() -> None:
+    with pytest.raises(ValueError, match=r"journal:/shared/path.journal"):
+        open_storage("nosuchdb://host/db")
+
+
+def screen_worker(workdir: Path, fmnist_root: Path, journal: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "fashion_sweeps.cli", "screen",
+            "sweep=tiny", "sweep.name=shared", "dataset=fashion_mnist",
+            f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+            f"optimizer.lr={','.join(LRS)}", f"hydra.sweeper.storage=journal:{journal}",
+            f"tracking.dir={workdir / 'mlruns'}", "trainer.progress=lines",
+        ],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_two_workers_on_one_journal_study_train_every_condition_once(
+    tmp_path: Path, fmnist_root: Path
+) -> None:
+    journal = tmp_path / "shared" / "optuna.journal"
+    procs = [screen_worker(tmp_path, fmnist_root, journal) for _ in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+
+    study = optuna.load_study(
+        study_name="shared/screen", storage=open_storage(f"journal:{journal}")
+    )
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(str(t.user_attrs[PARAMS]["optimizer.lr"]) for t in finished) == sorted(LRS)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "stage"]
+    assert len(parents) == 1, "both workers report under one stage parent"
+    trained = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["lr"] for r in trained) == sorted(LRS)  # each exactly once
+    assert all(r.info.status == "FINISHED" for r in trained)
