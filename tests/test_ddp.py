@@ -83,3 +83,22 @@ def test_ddp_refuses_to_relaunch_outside_a_single_hydra_run(make_cfg, fmnist_roo
     client = MlflowClient(tracking_uri(cfg.tracking))
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED" and "ddp" in run.data.tags["failure_reason"]
+
+
+def test_ranks_started_together_write_one_run(fmnist_root: Path, tmp_path: Path) -> None:
+    """torchrun starts every rank at once, as SLURM does with one task per device: rank 1 waits
+    for rank 0's data, and still only rank 0 writes to MLflow."""
+    out, mlruns = tmp_path / "out", tmp_path / "mlruns"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "-m", "fashion_sweeps.train", *FROZEN, "optimizer.lr=0.001", "trainer=ddp_cpu",
+            f"dataset.root={fmnist_root}", f"tracking.dir={mlruns}", f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(out.glob(".data_ready.torchrun-*")), "rank 0 announced its prepared data"
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
