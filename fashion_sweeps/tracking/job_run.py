@@ -37,6 +37,7 @@ MAY_CHANGE = (
     "tracking.",
     "trainer.",
     "cache.",
+    "sweep.",  # stage bookkeeping (top_k, the stage's epochs: those reach the run via trainer.*)
     "output_dir",
     "dataset.root",
     "dataset.reader.root",
@@ -251,8 +252,10 @@ def open_job_run(
     last = output_dir / LAST_CHECKPOINT
     resume_from = last if record is not None and last.exists() else None
     if not is_rank_zero():
-        done = record is not None and record.get("status") in DONE
-        return JobRun(SilentRun(), resume_from, _result(record) if done else None)
+        # The same decisions as rank 0, from the same files, so all ranks train the same epochs.
+        if record is not None and record.get("status") in DONE:
+            return JobRun(None, None, _result(record))
+        return JobRun(SilentRun(), resume_from)
 
     if record is not None and record.get("status") in DONE:
         log.info(
@@ -267,8 +270,7 @@ def open_job_run(
     run: RecordedRun | None = None
     if record is not None:
         run = _continue(cfg, record, output_dir, tags)
-    if run is None:
-        resume_from = None  # a new MLflow run starts training over as well
+    if run is None:  # training still continues from the checkpoint: nothing computed is lost
         run = RecordedRun.start(
             cfg.tracking,
             experiment=experiment,
