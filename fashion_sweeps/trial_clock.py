@@ -1,8 +1,9 @@
 """When a run's training steps start and end: the overhead around them and the training throughput.
 
 `train.py` logs, per run: `startup_s` (run start -> first training step), `teardown_s` (last
-training step -> just before the run is closed) and `train_images_per_s` (training batches only,
-validation excluded). `make bench` reads them.
+training step -> just before the run is closed) and `train_images_per_s` (steady state: training
+batches after each epoch's first, whose one-off warm-up would weigh on short epochs; validation
+excluded). `make bench` reads them.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ from pytorch_lightning.callbacks import Callback
 
 class TrialClock(Callback):
     """Timestamps (`time.perf_counter`) of the first and last training step, and per epoch the
-    span of its training batches, so that throughput leaves validation out."""
+    span and images of its training batches after the first, so that throughput leaves validation
+    and warm-up out."""
 
     def __init__(self, start: float | None = None) -> None:
         self.start = time.perf_counter() if start is None else start
         self.first_step: float | None = None
         self.last_step: float | None = None
         self.images = 0
-        self._spans: dict[int, list[float]] = {}  # epoch -> [first batch start, last batch end]
+        # epoch -> [end of its first batch, end of its last batch, images after the first batch]
+        self._spans: dict[int, list[float]] = {}
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        now = time.perf_counter()
         if self.first_step is None:
-            self.first_step = now
-        self._spans.setdefault(trainer.current_epoch, [now, now])
+            self.first_step = time.perf_counter()
 
     def on_train_batch_end(
         self,
@@ -42,8 +43,14 @@ class TrialClock(Callback):
         batch_idx: int,
     ) -> None:
         self.last_step = time.perf_counter()
-        self._spans[trainer.current_epoch][1] = self.last_step
-        self.images += len(batch[-1])
+        images = len(batch[-1])
+        self.images += images
+        span = self._spans.get(trainer.current_epoch)
+        if span is None:  # the epoch's first batch: the timed span starts where it ends
+            self._spans[trainer.current_epoch] = [self.last_step, self.last_step, 0]
+        else:
+            span[1] = self.last_step
+            span[2] += images
 
     @property
     def startup_s(self) -> float:
@@ -54,10 +61,7 @@ class TrialClock(Callback):
         return time.perf_counter() - (self.last_step or self.start)
 
     @property
-    def train_seconds(self) -> float:
-        return sum(end - begin for begin, end in self._spans.values())
-
-    @property
     def images_per_s(self) -> float:
-        seconds = self.train_seconds
-        return self.images / seconds if seconds > 0 else float("nan")
+        seconds = sum(end - begin for begin, end, _ in self._spans.values())
+        images = sum(n for _, _, n in self._spans.values())
+        return images / seconds if seconds > 0 else float("nan")

@@ -38,7 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
         "side by side (see README, `make bench`).",
     )
-    parser.add_argument("--images", type=int, default=600, help="photos in the bench data set")
+    parser.add_argument("--images", type=int, default=500, help="photos in the bench data set")
     parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
     parser.add_argument("--backbone", default="mobilenet_v2", help="the screen's frozen backbone")
     parser.add_argument("--heads", default="fc,batchnorm", help="the screen's heads")

@@ -43,6 +43,10 @@ class PreparedData:
     # What the pixels are made of (data/cache.py): keys the frozen-backbone feature cache.
     fingerprint: str = ""
     image_cache: str = "off"  # decode-once cache: hit, miss, off; memory when memoised
+    # Shared by the memoised copies of one process: every trial of a sweep reuses the statistics.
+    _stats: dict[str, tuple[list[float], list[float]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def channels(self) -> int:
@@ -56,11 +60,13 @@ class PreparedData:
         return np.flatnonzero(self.split == split)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
-        train = self.pixels[self.indices("train")]
-        mean = [float(train[..., c].mean()) / 255 for c in range(self.channels)]
-        std = [max(float(train[..., c].std()) / 255, 1e-3) for c in range(self.channels)]
-        return mean, std
+        """Per-channel mean and std of the training images, in [0, 1] units (computed once)."""
+        if "train" not in self._stats:
+            train = self.pixels[self.indices("train")]
+            mean = [float(train[..., c].mean()) / 255 for c in range(self.channels)]
+            std = [max(float(train[..., c].std()) / 255, 1e-3) for c in range(self.channels)]
+            self._stats["train"] = (mean, std)
+        return self._stats["train"]
 
 
 _PREPARED: dict[str, PreparedData] = {}
