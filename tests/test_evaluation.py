@@ -80,6 +80,7 @@ def test_per_class_top1_and_top5_equal_scikit_learns_top_k_accuracy() -> None:
     assert (table["top5"].dropna() >= table["top1"].dropna()).all()
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_overall_metrics_equal_scikit_learn() -> None:
     predictions = fixed_predictions()
     y, p = predictions.targets, predictions.predicted
