@@ -17,9 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "full": ("fashion_sweeps.sweeps.commands:full", "full runs of the screen's top-k"),
     "sweep": ("fashion_sweeps.sweeps.commands:sweep", "screen, then full runs of its winners"),
     "samplers": ("fashion_sweeps.sampler_study:main", "train once per sampler, compare them"),
-    "bench": ("fashion_sweeps.bench.run:main", "the speed benchmark (`make bench`; --help)"),
     "report": ("fashion_sweeps.sweeps.report:main", "a sweep's HTML/Markdown report"),
     "predict": ("fashion_sweeps.predict:main", "tag images or folders with a logged model (CSV)"),
+    "bench": ("fashion_sweeps.bench.run:main", "the speed benchmark (`make bench`; --help)"),
 }
 
 

@@ -59,3 +59,10 @@ def test_unknown_option_is_a_clear_error(make_cfg) -> None:
 
     with pytest.raises(MissingConfigException, match="backbone"):
         make_cfg("backbone=resnet999")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_recipe_composes(make_cfg, experiment: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}")
+    assert cfg.tracking.run_name == experiment
+    assert cfg.trainer.max_epochs >= 1
