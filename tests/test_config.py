@@ -44,8 +44,9 @@ def test_every_optimizer_and_scheduler_builds(make_cfg, optimizer, scheduler) ->
     opt = build(cfg.optimizer)(params)
     assert opt.param_groups[0]["lr"] == 0.05  # conf/optimizer/*.yaml's lr is the optimizer's lr
     if cfg.scheduler.get("_target_"):
+        scheduler = build(cfg.scheduler)(opt)
         opt.step()
-        build(cfg.scheduler)(opt).step()
+        scheduler.step()
 
 
 @pytest.mark.parametrize("group", ["sampler", "trainer", "tracking"])
