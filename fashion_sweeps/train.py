@@ -29,7 +29,7 @@ from fashion_sweeps.distributed import (
     wait_for_rank_zero_data,
 )
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
-from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.classifier import classifier_for
 from fashion_sweeps.models.features import apply_feature_cache
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
@@ -119,14 +119,7 @@ def _fit_and_test(
         }
     )
 
-    model = build_classifier(
-        cfg.backbone,
-        cfg.head,
-        prepared.classes,
-        prepared.channels,
-        cfg.dataset.image_size,
-        prepared.channel_stats(),
-    )
+    model = classifier_for(cfg, prepared)
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
     # A frozen backbone's features computed once and reused (models/features.py).
     features = apply_feature_cache(cache.get("features", False), cache.get("dir"), model, data)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule
-from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.classifier import classifier_for
 from fashion_sweeps.models.features import (
     FeatureCacheError,
     apply_feature_cache,
@@ -111,14 +111,7 @@ def frozen_setup(make_cfg, fmnist_root: Path, *extra: str):
     data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed)
     data.setup()
     prepared = data.data
-    model = build_classifier(
-        cfg.backbone,
-        cfg.head,
-        prepared.classes,
-        prepared.channels,
-        cfg.dataset.image_size,
-        prepared.channel_stats(),
-    )
+    model = classifier_for(cfg, prepared)
     return cfg, data, model
 
 

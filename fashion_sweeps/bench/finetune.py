@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from fashion_sweeps.config import build
 from fashion_sweeps.data.datamodule import FashionDataModule
-from fashion_sweeps.models.classifier import build_classifier
+from fashion_sweeps.models.classifier import classifier_for
 from fashion_sweeps.train import train
 from fashion_sweeps.trial_clock import TrialClock
 
@@ -33,14 +33,7 @@ def bare_loop(cfg: DictConfig) -> float:
     data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed, cfg.cache.dir)
     data.setup()
     prepared = data.data
-    model = build_classifier(
-        cfg.backbone,
-        cfg.head,
-        prepared.classes,
-        prepared.channels,
-        cfg.dataset.image_size,
-        prepared.channel_stats(),
-    )
+    model = classifier_for(cfg, prepared)
     optimizer = build(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     model.train()
     images, first_end, last_end = 0, None, None

@@ -7,8 +7,10 @@ and returns logits, so the same object serves training, evaluation and tagging.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from fashion_sweeps.config import build
@@ -81,4 +83,16 @@ def build_classifier(
             std = [sum(std) / len(std)] * backbone.in_channels
     return Classifier(
         Preprocess(backbone.in_channels, mean, std), backbone, head, classes, image_size
+    )
+
+
+def classifier_for(cfg: DictConfig, prepared: Any) -> Classifier:
+    """The run's Classifier from its composed config and a `PreparedData` (sizes derived)."""
+    return build_classifier(
+        cfg.backbone,
+        cfg.head,
+        prepared.classes,
+        prepared.channels,
+        cfg.dataset.image_size,
+        prepared.channel_stats(),
     )
