@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +75,21 @@ def is_done(trial: FrozenTrial) -> bool:
     )
 
 
-def abandon_leftovers(study: optuna.Study) -> int:
-    """Trials still RUNNING or WAITING belong to an invocation that died (we run one at a time
-    per study): mark them failed so that their conditions are trained again."""
-    leftovers = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+def abandon_leftovers(
+    study: optuna.Study, is_leftover: Callable[[FrozenTrial], bool] = lambda trial: True
+) -> int:
+    """Mark open (RUNNING/WAITING) trials for which `is_leftover` holds as failed
+    (`abandoned`), so that their conditions are trained again. By default every open trial:
+    it belongs to an invocation that died."""
+    open_trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    leftovers = [t for t in open_trials if is_leftover(t)]
     for trial in leftovers:
         # Only the storage can change a trial that no live Trial object holds.
         study._storage.set_trial_user_attr(trial._trial_id, OUTCOME, "abandoned")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     if leftovers:
         log.warning(
-            "%d trial(s) of study %r were left running by an interrupted invocation: their "
+            "%d trial(s) of study %r were left running by an interrupted worker: their "
             "conditions are trained again.",
             len(leftovers),
             study.study_name,

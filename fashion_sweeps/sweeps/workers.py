@@ -40,6 +40,7 @@ from fashion_sweeps.sweeps.study import (
     sqlite_ready,
     trial_params,
 )
+from fashion_sweeps.sweeps.study import abandon_leftovers as study_abandon_leftovers
 from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -94,19 +95,7 @@ def is_leftover(trial: FrozenTrial, now: float | None = None) -> bool:
 def abandon_leftovers(study: optuna.Study) -> int:
     """Mark the claims of workers that are gone as failed (`abandoned`): trained again later.
     Claims of live workers (other processes on the same stage) are left alone."""
-    leftovers = [t for t in study.get_trials(deepcopy=False, states=OPEN) if is_leftover(t)]
-    for trial in leftovers:
-        # Only the storage can change a trial that no live Trial object holds.
-        study._storage.set_trial_user_attr(trial._trial_id, OUTCOME, "abandoned")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    if leftovers:
-        log.warning(
-            "%d trial(s) of study %r were left running by an interrupted worker: their "
-            "conditions are trained again.",
-            len(leftovers),
-            study.study_name,
-        )
-    return len(leftovers)
+    return study_abandon_leftovers(study, is_leftover)
 
 
 def _holds(trial: FrozenTrial, now: float) -> bool:
