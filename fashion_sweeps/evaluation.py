@@ -7,6 +7,7 @@ plot or gallery is computed from that `Predictions` object.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ def collect_predictions(
     batches in eval mode and keep the softmax probabilities and targets."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    # Buffers too: a kNN head on the pixels backbone (models/knn.py) has no parameters.
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     probs, targets = [], []
     try:
         for x, y in batches:

@@ -31,6 +31,7 @@ from fashion_sweeps.distributed import (
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
 from fashion_sweeps.models.classifier import classifier_for
 from fashion_sweeps.models.features import apply_feature_cache
+from fashion_sweeps.models.knn import check_knn_config, fit_knn, is_knn
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
@@ -53,6 +54,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
+    check_knn_config(cfg)  # a config error, before any run is opened or data read
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -140,23 +142,28 @@ def _fit_and_test(
         cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
     )
     check_relaunch_possible(trainer)
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if is_knn(cfg.head):
+        # Nothing to optimise (models/knn.py): store the training features, validate once.
+        best_path = out / "checkpoints" / "knn.ckpt"
+        best_val_loss, best_epoch = fit_knn(trainer, module, data, best_path), 0
+    else:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        if module.diverged:
+            run.set_tags({"status": "diverged", "failure_reason": module.divergence})
+            run.log_metrics({"wall_time_s": time.perf_counter() - start})
+            run.end("FAILED")
+            log.error(
+                "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
+                "another optimizer.",
+                condition_key(cfg),
+                module.divergence,
+            )
+            return math.nan
 
-    if module.diverged:
-        run.set_tags({"status": "diverged", "failure_reason": module.divergence})
-        run.log_metrics({"wall_time_s": time.perf_counter() - start})
-        run.end("FAILED")
-        log.error(
-            "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
-            "another optimizer.",
-            condition_key(cfg),
-            module.divergence,
-        )
-        return math.nan
-
-    best_val_loss = float(checkpoint.best_model_score)
-    best_epoch = _epoch_of(checkpoint.best_model_path)
-    trainer.test(module, datamodule=data, ckpt_path=checkpoint.best_model_path, verbose=False)
+        best_path = checkpoint.best_model_path
+        best_val_loss = float(checkpoint.best_model_score)
+        best_epoch = _epoch_of(best_path)
+    trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)
     if not is_rank_zero():
         return best_val_loss  # the rest is rank 0's: evaluation and logging
     # The best checkpoint's test-split probabilities, collected once for every report and plot.

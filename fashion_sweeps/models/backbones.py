@@ -310,3 +310,22 @@ def mlp(
     backbone = _load_file(Backbone(blocks, nn.Identity(), hidden, in_channels), weights_path)
     backbone.freeze(freeze)
     return backbone
+
+
+def pixels(
+    in_channels: int = 1,
+    image_size: int = 28,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    freeze: bool | int = True,
+    **_: object,
+) -> Backbone:
+    """No weights: the normalised pixels, flattened. Under head=knn it is the Fashion-MNIST
+    benchmark's kNN on pixels; under a trainable head, a linear model on pixels."""
+    _no_pretrained("pixels", pretrained, weights_path=None)
+    features = in_channels * image_size * image_size
+    backbone = _load_file(
+        Backbone([nn.Flatten()], nn.Identity(), features, in_channels), weights_path
+    )
+    backbone.freeze(freeze)
+    return backbone
