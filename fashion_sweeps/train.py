@@ -134,6 +134,7 @@ def _fit_and_test(
         class_weights=data.plan.class_weights,
         label_smoothing=cfg.get("label_smoothing", 0.0),
         on_features=features.active,
+        augment=data.train_augmentation(),
     )
     out = output_dir(cfg)
     mark_data_ready(out)

@@ -18,9 +18,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
-from torchvision.transforms import v2
 
 from fashion_sweeps.config import build
+from fashion_sweeps.data.augment import BatchAugment, batch_augment
 from fashion_sweeps.data.cache import decode_cached, pixels_fingerprint
 from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.data.sampling import SamplingPlan
@@ -147,50 +147,34 @@ def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
 
 
 class ImageArrayDataset(Dataset):
-    """(C, H, W) uint8 tensors and labels of the items `indices` picks from the decoded array,
-    with an optional transform. Items are looked up, not copied: an oversampled split repeats
-    indices, never images."""
+    """(C, H, W) uint8 tensors and labels of the items `indices` picks from the decoded array.
+    Items are looked up, not copied: an oversampled split repeats indices, never images.
+    The DataLoader fetches a whole batch with one indexing operation (`__getitems__`)."""
 
-    def __init__(
-        self, pixels: np.ndarray, targets: np.ndarray, indices: np.ndarray, transform: Any = None
-    ) -> None:
+    def __init__(self, pixels: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> None:
         self.pixels = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
         self.targets = torch.from_numpy(targets)
         self.indices = torch.as_tensor(indices, dtype=torch.long)
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.indices[i]
-        x = self.pixels[item]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.targets[item]
+        return self.pixels[item], self.targets[item]
+
+    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = self.indices[torch.as_tensor(batch, dtype=torch.long)]
+        return self.pixels[items], self.targets[items]
 
 
-def augmentation(options: DictConfig | None) -> v2.Compose | None:
-    """Training-time augmentation on uint8 tensors; None when every option is off."""
-    if not options:
-        return None
-    steps = []
-    if options.get("flip"):
-        steps.append(v2.RandomHorizontalFlip())
-    if options.get("rotation"):
-        steps.append(v2.RandomRotation(options.rotation))
-    if options.get("crop_padding"):
-        steps.append(v2.RandomCrop(options.get("size"), padding=options.crop_padding))
-    if options.get("color_jitter"):
-        j = options.color_jitter
-        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-    if options.get("erasing"):
-        steps.append(v2.RandomErasing(p=options.erasing, value=0))
-    return v2.Compose(steps) if steps else None
+def _whole_batch(batch: Any) -> Any:
+    """collate_fn for datasets whose `__getitems__` already returns the stacked batch."""
+    return batch
 
 
 class FashionDataModule(pl.LightningDataModule):
-    """Serves the prepared arrays: train (sampled, augmented), val and test (as they are).
+    """Serves the prepared arrays: train (sampled), val and test, as they are.
 
     After `use_features`, it serves a frozen backbone's stored features in place of the images
     (models/features.py), split and sampled the same way.
@@ -236,20 +220,20 @@ class FashionDataModule(pl.LightningDataModule):
             raise ValueError(f"{len(features)} feature rows for {len(self.data.targets)} images")
         self.features = features
 
-    def train_augmentation(self) -> v2.Compose | None:
-        # Merged into a fresh node: the composed `augment` is in struct mode, closed to `size`.
-        augment = self.cfg.get("augment") or {}
-        options = OmegaConf.merge({}, augment, {"size": self.cfg.image_size})
-        return augmentation(options)
+    def train_augmentation(self) -> BatchAugment | None:
+        """The training batches' augmentation (data/augment.py), applied by the LightningModule
+        on the device: the loaders serve images as they are."""
+        augment = self.cfg.get("augment")
+        return batch_augment(OmegaConf.to_container(augment) if augment else None)
 
-    def _dataset(self, split: str, transform: Any = None) -> Dataset:
+    def _dataset(self, split: str) -> Dataset:
         assert self.data is not None and self.plan is not None, "call setup() first"
         idx = self.data.indices(split)
         if split == "train":
             idx = idx[self.plan.indices]
         if self.features is not None:
             return TensorDataset(self.features[idx], torch.from_numpy(self.data.targets[idx]))
-        return ImageArrayDataset(self.data.pixels, self.data.targets, idx, transform)
+        return ImageArrayDataset(self.data.pixels, self.data.targets, idx)
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(
@@ -260,10 +244,11 @@ class FashionDataModule(pl.LightningDataModule):
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=_whole_batch if isinstance(dataset, ImageArrayDataset) else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self._dataset("train", self.train_augmentation())
+        dataset = self._dataset("train")
         sampler = None
         if self.plan.weighted_sampler is not None:
             sampler = WeightedRandomSampler(

@@ -221,23 +221,44 @@ def _load_file(backbone: Backbone, weights_path: str | None) -> Backbone:
     return backbone
 
 
+def _convs(c_in: int, c_out: int, n: int = 1, batchnorm: bool = False) -> list[nn.Module]:
+    """n 3x3 convolutions (padding 1) with ReLU, BatchNorm after each when asked."""
+    layers: list[nn.Module] = []
+    for i in range(n):
+        # With BatchNorm right after, a convolution's bias is redundant.
+        layers.append(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=not batchnorm))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def _per_block(value: int | list[int], blocks: int, name: str) -> list[int]:
+    values = [value] * blocks if isinstance(value, int) else list(value)
+    if len(values) != blocks or min(values) < 1:
+        raise ValueError(f"backbone.{name}={value!r}: give one number >= 1 or {blocks} of them.")
+    return values
+
+
 def simple_cnn(
     in_channels: int = 3,
     image_size: int = 64,
     width: int = 32,
     dropout: float = 0.5,
+    batchnorm: bool = False,
+    convs: int | list[int] = 1,
     pretrained: bool = False,
     weights_path: str | None = None,
     freeze: bool | int = False,
     **_: object,
 ) -> Backbone:
-    """The 2019 report's benchmark: four conv+pool blocks, a 512-unit dense layer, dropout."""
+    """The 2019 report's benchmark: four conv+pool blocks (width, 2w, 4w, 4w), a 512-unit dense
+    layer, dropout. `batchnorm` and `convs` (per block) make the stronger from-scratch variant."""
     _no_pretrained("simple_cnn", pretrained, weights_path=None)
     chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
+    per_block = _per_block(convs, 4, "convs")
     blocks: list[nn.Module] = [
-        nn.Sequential(
-            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)
-        )
+        nn.Sequential(*_convs(chans[i], chans[i + 1], per_block[i], batchnorm), nn.MaxPool2d(2))
         for i in range(4)
     ]
     flat = _flat_size(blocks, in_channels, image_size)
@@ -256,6 +277,7 @@ def fmnist_cnn(
     dropouts: tuple[float, float, float, float] = (0.25, 0.25, 0.4, 0.3),
     dense: int = 128,
     batchnorm: bool = False,
+    convs: int | list[int] = 1,
     pretrained: bool = False,
     weights_path: str | None = None,
     freeze: bool | int = False,
@@ -263,20 +285,17 @@ def fmnist_cnn(
 ) -> Backbone:
     """The Fashion-MNIST study's CNN: 3x3 convs 32/64/128 with padding, max-pool after the first
     two, dropout 0.25/0.25/0.4, dense 128 with dropout 0.3. `batchnorm` adds BatchNorm after each
-    conv (used by the stronger recipe)."""
+    conv and `convs` stacks more convolutions per block (the stronger recipe uses both)."""
     _no_pretrained("fmnist_cnn", pretrained, weights_path=None)
     widths, dropouts = list(widths), list(dropouts)
-
-    def conv(c_in: int, c_out: int) -> list[nn.Module]:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
-        if batchnorm:
-            layers.append(nn.BatchNorm2d(c_out))
-        return [*layers, nn.ReLU(inplace=True)]
-
+    per_block = _per_block(convs, 3, "convs")
+    c_in = [in_channels, widths[0], widths[1]]
+    pools = [nn.MaxPool2d(2), nn.MaxPool2d(2), nn.Identity()]
     blocks: list[nn.Module] = [
-        nn.Sequential(*conv(in_channels, widths[0]), nn.MaxPool2d(2), nn.Dropout(dropouts[0])),
-        nn.Sequential(*conv(widths[0], widths[1]), nn.MaxPool2d(2), nn.Dropout(dropouts[1])),
-        nn.Sequential(*conv(widths[1], widths[2]), nn.Dropout(dropouts[2])),
+        nn.Sequential(
+            *_convs(c_in[i], widths[i], per_block[i], batchnorm), pools[i], nn.Dropout(dropouts[i])
+        )
+        for i in range(3)
     ]
     flat = _flat_size(blocks, in_channels, image_size)
     tail = nn.Sequential(

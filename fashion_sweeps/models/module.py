@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -40,6 +41,7 @@ class ClassifierModule(pl.LightningModule):
         class_weights: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         on_features: bool = False,
+        augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,6 +58,8 @@ class ClassifierModule(pl.LightningModule):
         # True when batches hold cached frozen-backbone features (models/features.py), not images:
         # only the head runs. `self.model` stays the whole deployable Classifier.
         self.on_features = on_features
+        # Training batches only (data/augment.py), on the device, before the model's preprocess.
+        self.augment = augment
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.head(x) if self.on_features else self.model(x)
@@ -67,6 +71,8 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
+        if self.augment is not None and not self.on_features:
+            x = self.augment(x.float() / 255 if x.dtype == torch.uint8 else x)
         logits = self(x)
         loss = self._loss(logits, y)
         if not torch.isfinite(loss):
