@@ -1,0 +1,241 @@
+"""`fashion-sweeps results`: docs/results.md from the recipe runs in MLflow.
+
+One `--run fmnist_cnn --seeds 1 2` on the tiny Fashion-MNIST IDX files (real `fashion-sweeps
+train` processes, 1 epoch) and one run of seed 1 whose data is missing (it fails) share a
+temporary store; the tests read the page and the runs back from it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_idx
+from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.results import (
+    Recipe,
+    RunRecord,
+    group_runs,
+    load_recipes,
+    main,
+    recipe_names,
+    render_page,
+)
+
+# The recipe as written on 60 images; these overrides change only outputs and tracking.
+TINY = [
+    "tracking.log_model=false",
+    "tracking.gallery_size=1",
+    "cache=off",
+    "trainer.progress=lines",
+]
+
+
+def write_fmnist(root: Path) -> Path:
+    """The four IDX gz files (as conftest's fmnist_root): 60 train and 30 test 28x28 images."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 3, :] = 250
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("results")
+    root = write_fmnist(tmp / "fashion_mnist")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    page = tmp / "docs" / "results.md"
+    outputs = f"hydra.run.dir={tmp / 'out'}/${{now:%H-%M-%S-%f}}"  # one folder per process
+    common = ["--tracking-uri", uri, "--out", str(page)]
+    seeds = ["--run", "fmnist_cnn", "--seeds", "1", "2", "--root", f"fashion_mnist={root}"]
+    ran = main([*seeds, *common, "--", *TINY, outputs])
+    no_data = ["--run", "fmnist_cnn", "--seeds", "1", "--root", f"fashion_mnist={tmp / 'missing'}"]
+    failed = main([*no_data, *common, "--", *TINY, "dataset.reader.download=false", outputs])
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.recipe = 'fmnist_cnn'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return {
+        "root": root,
+        "uri": uri,
+        "page": page,
+        "text": page.read_text(),
+        "exit": (ran, failed),
+        "runs": runs,
+        "tmp": tmp,
+    }
+
+
+def row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_every_recipe_file_has_its_recipe_block() -> None:
+    recipes = load_recipes()
+    assert sorted(recipes) == recipe_names()
+    for name, recipe in recipes.items():
+        assert recipe.problem is None, recipe.problem
+        assert recipe.name == name
+
+
+def test_runs_are_tagged_with_recipe_machine_and_command(made: dict) -> None:
+    assert made["exit"] == (0, 1)  # the run without data failed; the page was still written
+    finished = [r for r in made["runs"] if r.data.tags.get("status") == "finished"]
+    assert sorted(r.data.params["seed"] for r in finished) == ["1", "2"]
+    for run in finished:
+        tags = run.data.tags
+        expected = [
+            "fashion-sweeps",
+            "train",
+            "experiment=fmnist_cnn",
+            f"seed={run.data.params['seed']}",
+            f"dataset.root={made['root']}",
+            f"tracking.uri={made['uri']}",
+            *TINY,
+        ]
+        assert tags["command"] == shlex.join(expected)  # hydra.run.dir is not a task override
+        assert "cores" in tags["machine"] and "GPU" in tags["machine"]
+
+
+def test_page_shows_each_seed_with_its_recorded_figures_and_command(made: dict) -> None:
+    text = made["text"]
+    for run in made["runs"]:
+        if run.data.tags.get("status") != "finished":
+            continue
+        m = run.data.metrics
+        cells = (
+            f"{m['test_acc']:.2%}",
+            f"{m['test_f1_weighted']:.4f}",
+            f"{m['test_f1_macro']:.4f}",
+        )
+        assert row(run.data.params["seed"], *cells) in text
+        assert run.data.tags["machine"] in text
+        assert run.data.tags["command"] in text.split("```bash", 1)[1]
+
+
+def test_mean_counts_finished_runs_and_lists_the_failed_one(made: dict) -> None:
+    text = made["text"]
+    finished = [r for r in made["runs"] if r.data.tags.get("status") == "finished"]
+    (failed,) = [r for r in made["runs"] if r.info.status == "FAILED"]
+    assert "test_acc" not in failed.data.metrics
+    mean = statistics.fmean(r.data.metrics["test_acc"] for r in finished)
+    assert f"| **mean of 2 seeds** | {mean:.2%}" in text
+    (failed_row,) = [line for line in text.splitlines() if "| failed: DataError" in line]
+    assert failed_row.startswith(row("1", "—", "—", "—"))
+    assert "2 counted" in text
+
+
+def test_summary_compares_the_runs_with_the_study_and_recipes_without_runs_say_why(
+    made: dict,
+) -> None:
+    text = made["text"]
+    assert text.startswith("<!-- Generated by `fashion-sweeps results`")
+    assert "Do not edit this page by hand" in text
+    finished = [r for r in made["runs"] if r.data.tags.get("status") == "finished"]
+    mean = statistics.fmean(r.data.metrics["test_acc"] for r in finished)
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| [")]
+    lines = {line.split("](")[0].lstrip("| ["): line for line in rows}
+    assert sorted(lines) == recipe_names()
+    assert f"| test acc 92.58% | — | test acc {mean:.2%}" in lines["fmnist_cnn"]
+    assert "(2 seeds) |" in lines["fmnist_cnn"]
+    assert f"minus the study's: test acc {(mean - 0.9258) * 100:+.2f} pt" in text
+    assert "not run here: needs ImageNet weights and a GPU" in lines["clothing_transfer"]
+    assert "| test acc ≥ 80.00%, weighted F1 ≥ 0.7900 | not run here |" in lines["clothing_scratch"]
+    section = text.split("## clothing_transfer", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "**Not run here** as the recipe is written: it needs ImageNet weights and a GPU" in section
+    )
+
+
+def test_without_run_the_page_is_rewritten_from_the_store(made: dict, capsys) -> None:
+    out = made["tmp"] / "again.md"
+    assert main(["--tracking-uri", made["uri"], "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fmnist_cnn" in printed and f"Wrote {out}" in printed
+    strip = [line for line in out.read_text().splitlines() if "Generated by" not in line]
+    assert strip == [line for line in made["text"].splitlines() if "Generated by" not in line]
+
+
+def test_unknown_recipe_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", "fmnist_cnn", "trainer.max_epochs=1", "--out", str(tmp_path / "r.md")])
+    assert exit_.value.code == 2
+    assert "Hydra overrides go after --" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
+# --- Selection and the target, on records built directly (no MLflow) -----------------------------
+
+T0 = datetime(2025, 1, 1, 12, 0)
+AS_WRITTEN = "fashion-sweeps train experiment=demo dataset.root=data/x seed={seed}"
+
+
+def record(seed: int, minutes: int, status: str = "finished", acc: float = 0.9, **kw) -> RunRecord:
+    metrics = {"test_acc": acc, "test_f1_weighted": acc, "wall_time_s": 60.0}
+    return RunRecord(
+        run_id=f"{seed}-{minutes}",
+        seed=str(seed),
+        status=status,
+        started=T0 + timedelta(minutes=minutes),
+        metrics=metrics if status == "finished" else {},
+        machine="CPU, 2 cores, no GPU",
+        command=kw.get("command", AS_WRITTEN.format(seed=seed)),
+        reason="" if status == "finished" else "boom",
+    )
+
+
+def test_latest_finished_run_of_each_seed_counts_and_failures_are_listed() -> None:
+    groups = group_runs(
+        [
+            record(7, 0, acc=0.5),  # replaced by the later finished run of seed 7
+            record(7, 10, acc=0.94),
+            record(7, 20, status="failed"),  # later, but failed: listed, not counted
+            record(42, 5, status="diverged"),
+            record(42, 6, acc=0.93),
+            record(1, 1, command="fashion-sweeps train experiment=demo seed=1 optimizer.lr=1"),
+            record(3, 2, command=None),
+        ]
+    )
+    assert [g.changes for g in groups] == ["", "optimizer.lr=1", None]
+    written = groups[0]
+    assert [r.run_id for r in written.counted] == ["7-10", "42-6"]
+    assert [r.run_id for r in written.rows] == ["7-10", "7-20", "42-5", "42-6"]
+    assert written.superseded == 1
+    assert written.mean("test_acc") == pytest.approx(0.935)
+
+
+@pytest.mark.parametrize(("accs", "verdict"), [((0.94, 0.93), "yes"), ((0.94, 0.92), "no")])
+def test_target_is_judged_on_the_mean_of_the_runs_as_written(accs, verdict) -> None:
+    recipe = Recipe("demo", "fashion_mnist", "a study", {"test_acc": 0.92}, {"test_acc": 0.935})
+    groups = group_runs([record(s, s, acc=a) for s, a in zip((1, 2), accs, strict=True)])
+    page = render_page({"demo": recipe}, {"demo": groups}, "sqlite:////tmp/mlflow.db")
+    assert f"Target met: **{verdict}**" in page
+    assert page.count(f"| {verdict} |") == 1  # the summary row
+    assert "Ours (mean) minus the study's: test acc" in page
+
+
+def test_runs_with_changed_settings_are_listed_apart_and_never_averaged() -> None:
+    recipe = Recipe("demo", "fashion_mnist", "a study", {"test_acc": 0.92}, {"test_acc": 0.9})
+    tuned = "fashion-sweeps train experiment=demo seed=1 trainer.max_epochs=1 optimizer.lr=1"
+    groups = group_runs(
+        [record(1, 1, acc=0.91), record(2, 2, acc=0.93), record(1, 3, acc=0.99, command=tuned)]
+    )
+    page = render_page({"demo": recipe}, {"demo": groups}, "sqlite:////tmp/mlflow.db")
+    written, changed = page.split("### Runs with changed settings", 1)
+    assert "| **mean of 2 seeds** | 92.00%" in written and "99.00%" not in written
+    assert "| `trainer.max_epochs=1 optimizer.lr=1` | 1 | 99.00% |" in changed
+    assert "(2 seeds) | yes |" in page  # the summary: as written only
