@@ -4,12 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 FS     := $(BIN)/fashion-sweeps
 
-# Data for the sweep targets: `make sweep DATASET=clothing ROOT=../shared/data/clothing`.
-DATASET ?= fashion_mnist
+# Data for the sweep targets: `make sweep DATASET=clothing ROOT=../shared/data/clothing`, or a
+# recipe (conf/experiment/), which names its data set: `make sweep EXPERIMENT=product_screen ROOT=...`.
+# DATASET empty: the recipe's data set, else conf/config.yaml's (fashion_mnist). A DATASET given
+# on the command line wins over the recipe's.
+DATASET ?=
 ROOT    ?=
 EXPERIMENT ?=
 ARGS    ?=
-DATA_ARGS = dataset=$(DATASET) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),+experiment=$(EXPERIMENT))
+DATA_ARGS = $(if $(DATASET),dataset=$(DATASET)) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 
 .PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report predict serve ui server clean
 

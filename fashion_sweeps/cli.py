@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "samplers": ("fashion_sweeps.sampler_study:main", "train once per sampler, compare them"),
     "report": ("fashion_sweeps.sweeps.report:main", "a sweep's HTML/Markdown report"),
     "predict": ("fashion_sweeps.predict:main", "tag images or folders with a logged model (CSV)"),
+    "export-backbone": (
+        "fashion_sweeps.models.export:main",
+        "a run's backbone as a file for backbone.weights_path",
+    ),
     "bench": ("fashion_sweeps.bench.run:main", "the speed benchmark (`make bench`; --help)"),
 }
 
@@ -30,7 +34,7 @@ def _load(target: str) -> Callable[[], object]:
 
 def usage() -> str:
     lines = ["usage: fashion-sweeps COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`fashion-sweeps COMMAND --help` shows a command's options."]
     return "\n".join(lines)
 

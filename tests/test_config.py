@@ -67,3 +67,13 @@ def test_every_recipe_composes(make_cfg, experiment: str) -> None:
     cfg = make_cfg(f"experiment={experiment}")
     assert cfg.tracking.run_name == experiment
     assert cfg.trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_recipe_composes_as_a_sweep_stage(make_cfg, experiment: str) -> None:
+    """`fashion-sweeps screen|full experiment=NAME`: the recipe is merged after `sweep=grid`."""
+    import fashion_sweeps.sweeps.sweeper  # noqa: F401  (stores hydra/sweeper/stages)
+
+    for stage in ("screen", "full"):
+        cfg = make_cfg("sweep=grid", f"experiment={experiment}", f"sweep.stage={stage}")
+        assert cfg.trainer.max_epochs >= 1 and cfg.sweep.stage == stage

@@ -90,7 +90,13 @@ def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
     start = time.perf_counter()
     source: Source = build(dataset.reader)
     skipped = source.skipped_counts()
-    keep, dropped = label_filter(source.labels, dataset.include, dataset.exclude, dataset.min_count)
+    keep, dropped = label_filter(
+        source.labels,
+        dataset.include,
+        dataset.exclude,
+        dataset.min_count,
+        dataset.get("class_ranks"),
+    )
     skipped.update(dropped)
     source = source.select(keep)
     image_cache = "off"

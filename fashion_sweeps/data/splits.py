@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -20,11 +20,14 @@ def label_filter(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     min_count: int = 1,
+    class_ranks: Sequence[int | None] | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Which items to keep, and per dropped class why (as counts of items).
 
     `include` keeps only the named labels, `exclude` drops the named ones, and classes with
-    fewer than `min_count` items are dropped.
+    fewer than `min_count` items are dropped. Of the classes left, `class_ranks=[start, end]`
+    keeps those whose frequency rank (`frequency_ranked`) is in [start, end); `end` None: to
+    the last.
     """
     labels = np.asarray(labels, dtype=object)
     known = set(labels.tolist())
@@ -56,7 +59,65 @@ def label_filter(
             f"(include={list(include or [])}, exclude={list(exclude or [])}, "
             f"min_count={min_count}). Loosen them."
         )
+    if class_ranks is not None:
+        ranked = frequency_ranked(Counter(labels[keep].tolist()))
+        start, end = rank_range(class_ranks, len(ranked))
+        chosen = ranked[start:end]
+        log.info(
+            "Keeping the %d classes of frequency ranks [%d, %d) of %d: %s",
+            len(chosen),
+            start,
+            end,
+            len(ranked),
+            chosen,
+        )
+        outside = keep & ~np.isin(labels, chosen)
+        dropped["class_rank"] = int(outside.sum())
+        keep &= ~outside
     return keep, {k: v for k, v in dropped.items() if v}
+
+
+def frequency_ranked(counts: Mapping[str, int]) -> list[str]:
+    """Class names by frequency rank: the most frequent first, ties in name order (so the ranks
+    never depend on the order of the rows)."""
+    return sorted(counts, key=lambda name: (-counts[name], name))
+
+
+def rank_range(class_ranks: Sequence[int | None], n_classes: int) -> tuple[int, int]:
+    """`dataset.class_ranks` = [start, end] as the half-open range [start, end) of the
+    `n_classes` frequency ranks (start None: 0; end None: `n_classes`); a clear error when no
+    such range exists."""
+    is_list = isinstance(class_ranks, Sequence) and not isinstance(class_ranks, str)
+    values = list(class_ranks) if is_list else None
+    valid = values is not None and len(values) == 2
+    valid = valid and all(
+        v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values
+    )
+    if not valid:
+        raise DataError(
+            f"dataset.class_ranks={class_ranks!r} is not a range of frequency ranks: give "
+            "[start, end] with whole numbers (0 = the most frequent class; end excluded, null for "
+            "all the rest), e.g. dataset.class_ranks=[0,20] for the 20 most frequent classes and "
+            "dataset.class_ranks=[20,null] for the others."
+        )
+    start = 0 if values[0] is None else values[0]
+    end = n_classes if values[1] is None else values[1]
+    if start < 0 or (values[1] is not None and end <= start):
+        problem = "selects no class: start must be 0 or more and end greater than start"
+    elif start >= n_classes:
+        problem = f"starts at rank {start}, beyond the last class"
+    elif end > n_classes:
+        problem = f"ends at rank {end}, beyond the last class"
+    else:
+        return start, end
+    shown = ", ".join("null" if v is None else str(v) for v in values)
+    raise DataError(
+        f"dataset.class_ranks=[{shown}] {problem}. {n_classes} classes are left after "
+        f"dataset.include/exclude/min_count, ranked 0 to {n_classes - 1} (the most frequent "
+        f"first, ties by name; end excluded). Choose 0 <= start < end <= {n_classes}, or end null for every class from start on; "
+        "if more classes were expected, loosen the other filters (a lower dataset.min_count, "
+        "another dataset.reader.label_column)."
+    )
 
 
 def label_map(labels: Sequence[str]) -> list[str]:
