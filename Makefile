@@ -14,7 +14,7 @@ EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = $(if $(DATASET),dataset=$(DATASET)) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report predict serve ui server clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench:  ## speed figures side by side -> bench/results.json + .md (sizes: ARGS="
 
 report:  ## the HTML/Markdown report of a sweep (SWEEP=name, default the latest) + champion model
 	$(FS) report $(SWEEP) $(ARGS)
+
+results:  ## rewrite docs/results.md from the recipe runs in MLflow (ARGS="--run fmnist_cnn --seeds 42 7 --root fashion_mnist=PATH")
+	$(FS) results $(ARGS)
 
 predict:  ## tag photos with the champion model: make predict IMAGES=folder [ARGS="--top-k 3 --out x.csv"]
 	$(FS) predict $(IMAGES) $(ARGS)
