@@ -111,3 +111,23 @@ def test_augmented_run_trains_and_evaluates_clean_images(make_cfg, fmnist_root) 
     assert run.data.tags["status"] == "finished"
     assert run.data.tags["feature_cache"] == "not_applicable"  # augmentation changes every epoch
     assert 0 <= run.data.metrics["test_acc"] <= 1
+
+
+def test_test_time_flip_averages_an_image_and_its_mirror(make_cfg, fmnist_root) -> None:
+    from fashion_sweeps.data.datamodule import prepare_arrays
+    from fashion_sweeps.models.classifier import classifier_for
+
+    cfg = make_cfg(f"dataset.root={fmnist_root}", "backbone.widths=[4,4,4]", "test_time_flip=true")
+    model = classifier_for(cfg, prepare_arrays(cfg.dataset, cfg.seed))
+    x = torch.randint(0, 255, (5, 1, 28, 28), dtype=torch.uint8)
+    model.eval()
+    model.test_time_flip = False
+    plain, mirrored = model(x), model(x.flip(-1))
+    model.test_time_flip = True
+    assert torch.allclose(model(x), (plain + mirrored) / 2, atol=1e-5)
+    model.train()  # training sees each image once, as it is
+    torch.manual_seed(0)
+    a = model(x)
+    model.test_time_flip = False
+    torch.manual_seed(0)
+    assert torch.allclose(a, model(x))

@@ -39,7 +39,11 @@ class Preprocess(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Images in, logits out. `classes` and `image_size` travel with the weights."""
+    """Images in, logits out. `classes` and `image_size` travel with the weights.
+
+    With `test_time_flip`, evaluation (not training) averages the logits of each image and its
+    mirror image: a cheap ensemble for models trained with flips, carried by the logged model.
+    """
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class Classifier(nn.Module):
         head: nn.Module,
         classes: Sequence[str],
         image_size: int,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         self.preprocess = preprocess
@@ -55,9 +60,15 @@ class Classifier(nn.Module):
         self.head = head
         self.classes = list(classes)
         self.image_size = image_size
+        self.test_time_flip = test_time_flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.preprocess(x)))
+        logits = self.head(self.backbone(self.preprocess(x)))
+        # getattr: models pickled before this option existed lack the attribute.
+        if getattr(self, "test_time_flip", False) and not self.training:
+            mirrored = self.head(self.backbone(self.preprocess(x.flip(-1))))
+            logits = (logits + mirrored) / 2
+        return logits
 
 
 def build_classifier(
@@ -67,6 +78,7 @@ def build_classifier(
     channels: int,
     image_size: int,
     channel_stats: tuple[Sequence[float], Sequence[float]],
+    test_time_flip: bool = False,
 ) -> Classifier:
     """Backbone and head from their configs (Hydra `_target_`), with derived sizes filled in.
 
@@ -82,7 +94,12 @@ def build_classifier(
             mean = [sum(mean) / len(mean)] * backbone.in_channels
             std = [sum(std) / len(std)] * backbone.in_channels
     return Classifier(
-        Preprocess(backbone.in_channels, mean, std), backbone, head, classes, image_size
+        Preprocess(backbone.in_channels, mean, std),
+        backbone,
+        head,
+        classes,
+        image_size,
+        test_time_flip,
     )
 
 
@@ -95,4 +112,5 @@ def classifier_for(cfg: DictConfig, prepared: Any) -> Classifier:
         prepared.channels,
         cfg.dataset.image_size,
         prepared.channel_stats(),
+        bool(cfg.get("test_time_flip", False)),
     )

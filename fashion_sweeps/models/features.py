@@ -59,6 +59,8 @@ def feature_cache_blockers(model: Classifier, data: FashionDataModule) -> list[s
         blockers.append("the backbone is trained (backbone.freeze is not true)")
     if data.train_augmentation() is not None:
         blockers.append("training-time augmentation is on (dataset.augment)")
+    if model.test_time_flip:  # mirrored images' features are not stored
+        blockers.append("test-time flipping is on (test_time_flip)")
     return blockers
 
 
