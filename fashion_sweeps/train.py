@@ -15,13 +15,17 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
+from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import FashionDataModule
-from fashion_sweeps.data.sampling import sampling_summary
+from fashion_sweeps.data.sampling import SamplerError, sampling_summary
+from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.distributed import (
     check_relaunch_possible,
     is_rank_zero,
@@ -29,14 +33,15 @@ from fashion_sweeps.distributed import (
     wait_for_rank_zero_data,
 )
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
+from fashion_sweeps.models.backbones import WeightsUnavailableError
 from fashion_sweeps.models.classifier import classifier_for
-from fashion_sweeps.models.features import apply_feature_cache
-from fashion_sweeps.models.knn import check_knn_config, fit_knn, is_knn
+from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
+from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
-from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
 from fashion_sweeps.trainer import build_trainer
 from fashion_sweeps.trial_clock import TrialClock
 
@@ -54,7 +59,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    check_knn_config(cfg)  # a config error, before any run is opened or data read
+    # Config errors, before any run is opened or data read.
+    check_knn_config(cfg)
+    FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -122,6 +129,11 @@ def _fit_and_test(
     )
 
     model = classifier_for(cfg, prepared)
+    if cfg.trainer.get("channels_last"):
+        # NHWC weights: oneDNN's CPU convolutions (and cuDNN's with mixed precision) run faster;
+        # 1.5x for the Fashion-MNIST CNN on 2 cores. Convolutions follow their weights' layout.
+        # Before Lightning wraps the model (DDP keeps views of the parameters as they are then).
+        model.to(memory_format=torch.channels_last)
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
     # A frozen backbone's features computed once and reused (models/features.py).
     features = apply_feature_cache(cache.get("features", False), cache.get("dir"), model, data)
@@ -211,9 +223,38 @@ def _epoch_of(checkpoint_path: str) -> int:
     return int(stem.split("epoch=")[-1].split("-")[0]) if "epoch=" in stem else -1
 
 
+# Errors whose message says what is wrong and what to do: a single run prints just that.
+USER_ERRORS = (
+    AugmentError,
+    DataError,
+    FeatureCacheError,
+    KnnConfigError,
+    SamplerError,
+    TrackingUnavailableError,
+    WeightsUnavailableError,
+)
+
+
+def user_error(err: BaseException | None) -> BaseException | None:
+    """The user-facing error behind `err` (Hydra wraps errors raised while instantiating)."""
+    while err is not None:
+        if isinstance(err, USER_ERRORS):
+            return err
+        err = err.__cause__
+    return None
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as err:
+        known = user_error(err)
+        # In a multirun the sweeper records the failed trial and goes on.
+        if known is None or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        log.error("%s: %s", type(known).__name__, known)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

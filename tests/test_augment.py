@@ -71,6 +71,9 @@ def test_zoom_of_a_full_area_is_the_identity() -> None:
         ({"scale": [0.9, 0.2]}, r"dataset.augment.scale"),
         ({"padding": "wrap"}, r"dataset.augment.padding='wrap'"),
         ({"erasing": 2}, r"dataset.augment.erasing"),
+        ({"crop_padding": -2}, r"dataset.augment.crop_padding=-2"),
+        ({"color_jitter": 1.5}, r"dataset.augment.color_jitter=1.5"),
+        ({"scale": 0.8}, r"dataset.augment.scale=0.8"),
     ],
 )
 def test_bad_options_are_named(options: dict, message: str) -> None:
@@ -93,7 +96,12 @@ def test_loader_serves_whole_batches_equal_to_single_items() -> None:
     assert y.tolist() == [3, 3, 19]
 
 
-def test_augmented_run_trains_and_evaluates_clean_images(make_cfg, fmnist_root) -> None:
+def test_augmented_run_augments_training_batches_only(make_cfg, fmnist_root, monkeypatch) -> None:
+    seen = []
+    original = BatchAugment.forward
+    monkeypatch.setattr(
+        BatchAugment, "forward", lambda self, x: seen.append(len(x)) or original(self, x)
+    )
     cfg = make_cfg(
         f"dataset.root={fmnist_root}",
         "backbone.widths=[4,4,4]",
@@ -110,7 +118,8 @@ def test_augmented_run_trains_and_evaluates_clean_images(make_cfg, fmnist_root) 
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.tags["status"] == "finished"
     assert run.data.tags["feature_cache"] == "not_applicable"  # augmentation changes every epoch
-    assert 0 <= run.data.metrics["test_acc"] <= 1
+    # Every training image of both epochs, and not one validation or test image.
+    assert sum(seen) == run.data.metrics["train_images_seen"] == 2 * int(run.data.params["n_train"])
 
 
 def test_test_time_flip_averages_an_image_and_its_mirror(make_cfg, fmnist_root) -> None:

@@ -140,3 +140,32 @@ def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1" in result.stderr + result.stdout  # one summary line when not on a tty
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("dataset.root={tmp}/missing", "DataError: The clothing data folder"),
+        ("+dataset.augment={{flip: true, mixup: 0.2}}", "AugmentError: Unknown dataset.augment"),
+    ],
+)
+def test_cli_prints_a_user_error_without_a_traceback(tmp_path: Path, override, message) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            "dataset=clothing",
+            override.format(tmp=tmp_path),
+            f"tracking.dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr  # Hydra's log goes to stdout
+    assert result.returncode == 1
+    assert message in output
+    assert "Traceback" not in output

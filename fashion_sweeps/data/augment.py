@@ -51,14 +51,26 @@ class BatchAugment(nn.Module):
         if padding not in PADDINGS:
             raise AugmentError(f"dataset.augment.padding={padding!r}: use one of {PADDINGS}.")
         if scale is not None and not (
-            len(scale) == 2 and 0 < float(scale[0]) <= float(scale[1]) <= 1
+            isinstance(scale, Sequence)
+            and not isinstance(scale, str)
+            and len(scale) == 2
+            and 0 < float(scale[0]) <= float(scale[1]) <= 1
         ):
             raise AugmentError(
-                f"dataset.augment.scale={list(scale)!r}: give [min, max] area fractions with "
+                f"dataset.augment.scale={scale!r}: give [min, max] area fractions with "
                 "0 < min <= max <= 1, e.g. [0.6, 1.0]."
             )
-        if not 0 <= erasing <= 1:
+        if not 0 <= float(erasing or 0) <= 1:
             raise AugmentError(f"dataset.augment.erasing={erasing!r}: a probability in [0, 1].")
+        if not 0 <= float(color_jitter or 0) < 1:
+            raise AugmentError(
+                f"dataset.augment.color_jitter={color_jitter!r}: a strength in [0, 1) (factors "
+                "are drawn from [1 - strength, 1 + strength])."
+            )
+        if int(crop_padding or 0) != (crop_padding or 0) or int(crop_padding or 0) < 0:
+            raise AugmentError(
+                f"dataset.augment.crop_padding={crop_padding!r}: a whole number of pixels >= 0."
+            )
         self.flip = bool(flip)
         self.rotation = float(rotation or 0)
         self.crop_padding = int(crop_padding or 0)

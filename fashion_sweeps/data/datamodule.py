@@ -230,7 +230,7 @@ class FashionDataModule(pl.LightningDataModule):
         """The training batches' augmentation (data/augment.py), applied by the LightningModule
         on the device: the loaders serve images as they are."""
         augment = self.cfg.get("augment")
-        return batch_augment(OmegaConf.to_container(augment) if augment else None)
+        return batch_augment(OmegaConf.to_container(augment, resolve=True) if augment else None)
 
     def _dataset(self, split: str) -> Dataset:
         assert self.data is not None and self.plan is not None, "call setup() first"
