@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -58,3 +59,24 @@ def test_slurm_preset_starts_one_task_per_device_on_each_node() -> None:
     assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_task) == (4, 2, 1)
     assert launcher.partition == "gpu"
     assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.nodes) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "args,preset,expected",
+    [
+        (["hydra/launcher=joblib", "sweep=tiny"], None, "PASSIVE"),
+        (["hydra/launcher=submitit_local"], None, "PASSIVE"),
+        (["hydra/launcher=slurm"], None, None),  # a node of its own per trial
+        (["sweep=tiny"], None, None),  # trials one after the other: threads may spin
+        (["hydra/launcher=joblib"], "active", "active"),  # the user's choice wins
+    ],
+)
+def test_trials_side_by_side_make_idle_threads_sleep(monkeypatch, args, preset, expected) -> None:
+    from fashion_sweeps.sweeps.commands import share_cores
+
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    share_cores(args)
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
