@@ -1,7 +1,7 @@
 """The Lightning Trainer of one run: devices, early stopping, checkpoints, progress  (conf/trainer/).
 
 Keys of `conf/trainer/*.yaml` go to `pytorch_lightning.Trainer` as they are, except the few this
-module consumes itself: `patience`, `progress`, `channels_last`.
+module consumes itself: `patience`, `progress`; and `channels_last`, which train.py applies.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
@@ -54,18 +53,6 @@ class EpochSummary(Callback):
         )
 
 
-class ChannelsLast(Callback):
-    """Keep the model's 4-D weights in channels-last (NHWC) layout: oneDNN's CPU convolutions (and
-    cuDNN's with mixed precision) run faster on it; 1.5x for the Fashion-MNIST CNN on 2 cores.
-    Convolutions follow their weights' layout, so input batches need no conversion."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.to(memory_format=torch.channels_last)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.to(memory_format=torch.channels_last)
-
-
 def progress_bar_wanted(progress: str) -> bool:
     if progress not in ("auto", "bar", "lines"):
         raise ValueError(f"trainer.progress={progress!r}: use auto, bar or lines.")
@@ -82,7 +69,7 @@ def build_trainer(
     options = OmegaConf.to_container(cfg, resolve=True)
     patience = options.pop("patience")
     bar = progress_bar_wanted(options.pop("progress", "auto"))
-    channels_last = options.pop("channels_last", False)
+    options.pop("channels_last", None)  # applied to the model by train.py, before any wrapping
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="best-{epoch}",
@@ -98,8 +85,6 @@ def build_trainer(
     ]
     if not bar:
         all_callbacks.append(EpochSummary())
-    if channels_last:
-        all_callbacks.append(ChannelsLast())
     trainer = pl.Trainer(
         default_root_dir=output_dir,
         logger=logger,

@@ -105,6 +105,12 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test_")
 
+    def on_train_start(self) -> None:
+        # seed_everything gives every DDP rank the same generator: without this, all ranks would
+        # draw the same augmentation and dropout masks for their different images.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
