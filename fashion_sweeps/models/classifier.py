@@ -13,9 +13,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fashion_sweeps.config import build
+from fashion_sweeps.config import build, component_name
 from fashion_sweeps.models.backbones import Backbone
 
+# Builders in models/backbones.py whose weights files are torchvision's ImageNet-style ones.
+TORCHVISION_BACKBONES = ("mobilenet_v2", "vgg16", "resnet18", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -86,7 +88,12 @@ def build_classifier(
     """
     backbone: Backbone = build(backbone_cfg, in_channels=channels, image_size=image_size)
     head = build(head_cfg, in_features=backbone.out_features, num_classes=len(classes))
-    if backbone_cfg.get("pretrained") or backbone_cfg.get("weights_path"):
+    # ImageNet weights expect ImageNet's statistics; a scratch backbone's own weights file (e.g.
+    # from `fashion-sweeps export-backbone`) was trained on the data's own.
+    imagenet = backbone_cfg.get("pretrained") or (
+        backbone_cfg.get("weights_path") and component_name(backbone_cfg) in TORCHVISION_BACKBONES
+    )
+    if imagenet:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = channel_stats

@@ -109,7 +109,9 @@ class KnnHead(nn.Module):
     def _distances(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(Q, R) distances used for ranking: squared euclidean, or 1 - cosine similarity."""
         if self.metric == "cosine":
-            return 1 - queries @ rows.T
+            # Clipped as scikit-learn does: rounding takes a duplicate's distance below 0, and
+            # a negative distance would turn a `distance`-weighted vote negative.
+            return (1 - queries @ rows.T).clamp_(0, 2)
         squared = queries.pow(2).sum(1, keepdim=True) - 2 * queries @ rows.T + rows.pow(2).sum(1)
         return squared.clamp_min_(0)  # rounding can take a zero distance below 0
 
@@ -171,17 +173,11 @@ class KnnHead(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-def knn(
-    in_features: int,
-    num_classes: int,
-    k: int = 5,
-    metric: str = "euclidean",
-    weights: str = "uniform",
-    smoothing: float = 0.01,
-) -> KnnHead:
+def knn(**options: Any) -> KnnHead:
     """k nearest neighbours among the stored training features (fitted by `fit_knn`, not
-    trained). A builder, so that the head's name in tables and condition keys is `knn`."""
-    return KnnHead(in_features, num_classes, k, metric, weights, smoothing)
+    trained); `options` are KnnHead's. A builder, so that the head's name in tables and
+    condition keys is `knn`."""
+    return KnnHead(**options)
 
 
 KNN_TARGET = f"{__name__}.{knn.__name__}"
