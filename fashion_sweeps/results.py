@@ -34,6 +34,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +189,7 @@ class RunRecord:
 def recipe_runs(client: MlflowClient, name: str) -> list[RunRecord]:
     """The runs tagged `recipe=<name>` in every experiment of the store, but children of a sweep
     stage or a sampler study (tagged with a parent)."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.recipe = '{name}'",
-        order_by=["attributes.start_time ASC"],
-        max_results=50000,
-    )
+    runs = search_every_experiment(client, f"tags.recipe = '{name}'", ["attributes.start_time ASC"])
     return [
         RunRecord.from_run(r)
         for r in runs
@@ -393,10 +388,10 @@ def summary_cells(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
         ours = "not run here"
         if written is not None:
             ours = f"no finished run here ({len(written.rows)} failed or unfinished)"
-        ours += f": needs {recipe.needs}" if recipe.needs else ""
         other = sum(len(g.rows) for g in groups if g.changes != "")
         if other:
             ours += f" as written ({other} run{'s' if other > 1 else ''} with changed settings)"
+        ours += f"; needs {recipe.needs}" if recipe.needs else ""
     return [
         f"[{recipe.name}](#{recipe.name})",
         fmt_figures(recipe.reported),
@@ -421,7 +416,7 @@ def _recipe_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
         facts.append(f"Needs: {recipe.needs}.")
     lines.append(" ".join(facts))
     if _as_written(groups) is None:
-        why = f": it needs {recipe.needs}, which this machine does not have" if recipe.needs else ""
+        why = f": it needs {recipe.needs}" if recipe.needs else ""
         if recipe.sweep:
             how = (
                 f"A sweep recipe: `make sweep EXPERIMENT={recipe.name} ROOT=PATH`; its trials are "

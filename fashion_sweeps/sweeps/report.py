@@ -38,6 +38,7 @@ from fashion_sweeps.tracking.plots import (
     png_bytes,
 )
 from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,8 @@ class Report:
 
 def latest_sweep(client: MlflowClient) -> str:
     """The sweep of the most recently started stage run: what `make sweep` has just run."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.run_kind = '{STAGE_KIND}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    runs = search_every_experiment(
+        client, f"tags.run_kind = '{STAGE_KIND}'", ["attributes.start_time DESC"], max_results=1
     )
     if not runs or "sweep" not in runs[0].data.tags:
         raise ReportError(
@@ -93,23 +90,15 @@ def latest_sweep(client: MlflowClient) -> str:
 
 def stage_parents(client: MlflowClient, sweep: str) -> dict[str, Run]:
     """The sweep's stage parent runs by stage (the latest one where a stage has several)."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.run_kind = '{STAGE_KIND}' and tags.sweep = '{sweep}'",
-        order_by=["attributes.start_time ASC"],
+    runs = search_every_experiment(
+        client,
+        f"tags.run_kind = '{STAGE_KIND}' and tags.sweep = '{sweep}'",
+        ["attributes.start_time ASC"],
     )
     parents = {run.data.tags.get("stage"): run for run in runs}
     if not parents:
-        known = sorted(
-            {
-                r.data.tags["sweep"]
-                for r in client.search_runs(
-                    experiments, filter_string=f"tags.run_kind = '{STAGE_KIND}'"
-                )
-                if "sweep" in r.data.tags
-            }
-        )
+        stages = search_every_experiment(client, f"tags.run_kind = '{STAGE_KIND}'", [])
+        known = sorted({r.data.tags["sweep"] for r in stages if "sweep" in r.data.tags})
         raise ReportError(
             f"No sweep named {sweep!r} in the MLflow store {client.tracking_uri}. "
             + (

@@ -7,6 +7,8 @@ Training composes `conf/tracking/` through Hydra; tools outside Hydra read the s
 from __future__ import annotations
 
 import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from fashion_sweeps.config import CONF_DIR
@@ -25,3 +27,14 @@ def store_uri(uri: str | None = None) -> str:
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     return resolved
+
+
+def search_every_experiment(
+    client: MlflowClient, filter_string: str, order_by: list[str], max_results: int = 50000
+) -> list[Run]:
+    """Runs matching `filter_string` in every experiment of the store: a recipe or a sweep may
+    have been tracked under any experiment name."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(
+        experiments, filter_string=filter_string, order_by=order_by, max_results=max_results
+    )
