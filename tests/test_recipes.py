@@ -31,6 +31,7 @@ from fashion_sweeps.models.export import (
 )
 from fashion_sweeps.models.export import main as export_main
 from fashion_sweeps.sweeps.space import SearchSpace
+from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 
 # Article types and their number of images. The recipes keep the classes with >= 50 images
@@ -258,3 +259,36 @@ def test_export_refuses_what_is_not_a_run_or_not_its_architecture(tmp_path: Path
     state = resnet18().state_dict()
     with pytest.raises(ExportError, match="does not match torchvision's mobilenet_v2"):
         as_torchvision("mobilenet_v2", state)
+
+
+@pytest.mark.parametrize(
+    "recipe,fixture,shrink",
+    [
+        ("fmnist_cnn", "fmnist_root", ["dataset.val_fraction=0.3"]),
+        ("fmnist_best", "fmnist_root", ["dataset.val_fraction=0.3", "backbone.widths=[4,4,4]"]),
+        ("clothing_scratch", "clothing_root", ["dataset.image_size=16", "backbone.width=4"]),
+        (
+            "clothing_transfer",
+            "clothing_root",
+            ["dataset.image_size=32", "backbone.pretrained=false"],
+        ),
+    ],
+)
+def test_single_run_recipes_train_an_epoch_on_fixtures(make_cfg, request, recipe, fixture, shrink):
+    """Each recipe as written (its augmentation, test-time flips, channels-last, scheduler...),
+    shrunk only in size and length, trains, tests and lands in MLflow tagged with its name."""
+    root = request.getfixturevalue(fixture)
+    cfg = make_cfg(
+        f"experiment={recipe}",
+        f"dataset.root={root}",
+        "trainer.max_epochs=1",
+        "dataset.batch_size=8",
+        "tracking.log_model=false",
+        *shrink,
+    )
+    assert math.isfinite(train(cfg))
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([client.get_experiment_by_name("recipes").experiment_id])
+    assert run.data.tags["status"] == "finished"
+    assert run.data.tags["recipe"] == recipe
+    assert 0 <= run.data.metrics["test_acc"] <= 1
