@@ -153,7 +153,7 @@ def test_summary_compares_the_runs_with_the_study_and_recipes_without_runs_say_w
     assert f"| test acc 92.58% | — | test acc {mean:.2%}" in lines["fmnist_cnn"]
     assert "(2 seeds) |" in lines["fmnist_cnn"]
     assert f"minus the study's: test acc {(mean - 0.9258) * 100:+.2f} pt" in text
-    assert "not run here: needs ImageNet weights and a GPU" in lines["clothing_transfer"]
+    assert "not run here; needs ImageNet weights and a GPU" in lines["clothing_transfer"]
     assert "| test acc ≥ 80.00%, weighted F1 ≥ 0.7900 | not run here |" in lines["clothing_scratch"]
     section = text.split("## clothing_transfer", 1)[1].split("\n## ", 1)[0]
     assert (
