@@ -22,6 +22,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Images as floats in [0, 1]: uint8 pixels scaled, floats taken as they are."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
 class Preprocess(nn.Module):
     """Scale to [0, 1], match the backbone's channels (grey -> RGB), normalise."""
 
@@ -32,7 +37,7 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = to_unit(x)
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] == 3 and self.channels == 1:

@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from fashion_sweeps.models.classifier import Classifier
+from fashion_sweeps.models.classifier import Classifier, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         if self.augment is not None and not self.on_features:
-            x = self.augment(x.float() / 255 if x.dtype == torch.uint8 else x)
+            x = self.augment(to_unit(x))
         logits = self(x)
         loss = self._loss(logits, y)
         if not torch.isfinite(loss):
