@@ -67,6 +67,8 @@ def test_one_tracked_run_per_dataset(make_cfg, request, dataset: str, extra: lis
     assert len(history) == 2  # one value per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "label_map.json", "data"} <= artifacts
+    # ...kept beside the local store, where `mlruns/` is, not elsewhere on the disk.
+    assert list((Path(cfg.tracking.dir) / "artifacts").rglob("label_map.json"))
 
 
 def test_clothing_run_records_its_skipped_rows(make_cfg, clothing_root: Path) -> None:

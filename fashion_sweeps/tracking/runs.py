@@ -43,9 +43,11 @@ def tracking_uri(cfg: DictConfig) -> str:
 def artifact_root(cfg: DictConfig, uri: str) -> str | None:
     """Where new experiments keep artifacts: beside a local SQLite store; the server decides
     for remote stores."""
-    if not uri.startswith("sqlite:"):
+    if not uri.startswith("sqlite:///"):
         return None
-    return (Path(urlparse(uri).path).parent / "artifacts").as_uri()
+    # Not urlparse: "sqlite:////abs/db" parses to the path "//abs/db", whose "file:////abs" URI
+    # MLflow reads as the host "abs", so artifacts landed in /<rest of the path>.
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
 
 
 def check_reachable(uri: str) -> None:
