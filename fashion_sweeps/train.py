@@ -42,7 +42,7 @@ from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
-from fashion_sweeps.trainer import build_trainer
+from fashion_sweeps.trainer import TrainerConfigError, build_trainer
 from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,7 @@ USER_ERRORS = (
     KnnConfigError,
     SamplerError,
     TrackingUnavailableError,
+    TrainerConfigError,
     WeightsUnavailableError,
 )
 

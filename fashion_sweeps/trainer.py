@@ -1,7 +1,8 @@
 """The Lightning Trainer of one run: devices, early stopping, checkpoints, progress  (conf/trainer/).
 
 Keys of `conf/trainer/*.yaml` go to `pytorch_lightning.Trainer` as they are, except the few this
-module consumes itself: `patience`, `progress`; and `channels_last`, which train.py applies.
+module consumes itself: `patience`, `progress`, `ema_decay`; and `channels_last`, which train.py
+applies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,12 @@ class _DropAdverts(logging.Filter):
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+# EMA (ema_averaging): the test loads the best checkpoint, whose weights are already the average.
+warnings.filterwarnings("ignore", message=r".*WeightAveraging callback, but loading a checkpoint.*")
+
+
+class TrainerConfigError(ValueError):
+    """A `trainer.*` option this module consumes has an impossible value."""
 
 
 class EpochSummary(Callback):
@@ -55,8 +63,19 @@ class EpochSummary(Callback):
 
 def progress_bar_wanted(progress: str) -> bool:
     if progress not in ("auto", "bar", "lines"):
-        raise ValueError(f"trainer.progress={progress!r}: use auto, bar or lines.")
+        raise TrainerConfigError(f"trainer.progress={progress!r}: use auto, bar or lines.")
     return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+def ema_averaging(decay: float) -> EMAWeightAveraging:
+    """Lightning's exponential moving average of the weights (and BatchNorm statistics), updated
+    every step: validation, the best checkpoint, the test and the logged model all use it."""
+    if not 0 < float(decay) < 1:
+        raise TrainerConfigError(
+            f"trainer.ema_decay={decay!r}: a decay per step in (0, 1), e.g. 0.99 (about the last "
+            "100 steps weigh), or null for no averaging."
+        )
+    return EMAWeightAveraging(decay=float(decay))
 
 
 def build_trainer(
@@ -70,6 +89,7 @@ def build_trainer(
     patience = options.pop("patience")
     bar = progress_bar_wanted(options.pop("progress", "auto"))
     options.pop("channels_last", None)  # applied to the model by train.py, before any wrapping
+    ema_decay = options.pop("ema_decay", None)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="best-{epoch}",
@@ -83,6 +103,8 @@ def build_trainer(
         EarlyStopping(monitor="val_loss", mode="min", patience=patience, check_finite=True),
         *(callbacks or []),
     ]
+    if ema_decay is not None:
+        all_callbacks.append(ema_averaging(ema_decay))
     if not bar:
         all_callbacks.append(EpochSummary())
     trainer = pl.Trainer(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.data.sources import DataError
@@ -171,3 +172,24 @@ def test_cli_prints_a_user_error_without_a_traceback(tmp_path: Path, override, m
     assert result.returncode == 1
     assert message in output
     assert "Traceback" not in output
+
+
+def test_ema_validates_keeps_and_tests_the_averaged_weights(make_cfg, clothing_root) -> None:
+    cfg = make_cfg(
+        "dataset=clothing", f"dataset.root={clothing_root}", *TINY, "trainer.ema_decay=0.5"
+    )
+    assert math.isfinite(train(cfg))
+    _, run = only_run(cfg)
+    assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
+    (best,) = (Path(cfg.output_dir) / "checkpoints").glob("best-*.ckpt")
+    saved = torch.load(best, map_location="cpu", weights_only=False)
+    # The checkpoint the test restores holds the average; the raw weights are kept beside it.
+    averaged, current = saved["state_dict"], saved["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+
+
+def test_ema_decay_outside_zero_one_is_refused(make_cfg, clothing_root) -> None:
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "trainer.ema_decay=1.5")
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(cfg)
