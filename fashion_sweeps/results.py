@@ -32,8 +32,10 @@ from urllib.parse import urlparse
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.tracking.runs import flatten
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class Recipe:
     needs: str | None = None
     sweep: str | None = None  # a sweep recipe's `sweep.name`: its trials are in its sweep report
     problem: str | None = None  # what is wrong with the file's block, shown on the page
+    # What the recipe trains as MLflow params (flattened config, same-recipe keys left out): a
+    # run whose params differ was made with an earlier version of the file.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 def recipe_names() -> list[str]:
@@ -137,8 +142,22 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
                 target=_figures(block.get("target"), "target", path),
                 needs=block.get("needs"),
                 sweep=sweep,
+                settings=training_settings(cfg),
             )
     return recipes
+
+
+def training_settings(cfg: DictConfig) -> dict[str, str]:
+    """The composed config as a run logs it (tracking/runs.py), but the keys that leave what a
+    recipe trains as it is and the `recipe:` block."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        k: str(v)[:6000]
+        for k, v in flatten(resolved)
+        if not _same_recipe(k) and k != "recipe" and not k.startswith("recipe.")
+    }
 
 
 # --- The runs ----------------------------------------------------------------------------------
@@ -156,6 +175,7 @@ class RunRecord:
     machine: str
     command: str | None
     reason: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -183,6 +203,7 @@ class RunRecord:
             machine=tags.get("machine") or (f"host {tags['host']}" if "host" in tags else ""),
             command=tags.get("command"),
             reason=reason[:160] + ("…" if len(reason) > 160 else ""),
+            params=dict(run.data.params),
         )
 
 
@@ -242,12 +263,32 @@ def _seed_order(seed: str) -> tuple[int, float, str]:
         return (1, 0.0, seed)
 
 
-def group_runs(records: Iterable[RunRecord]) -> list[Group]:
+def earlier_version(record: RunRecord, settings: Mapping[str, str]) -> str | None:
+    """How a run launched as written differs from the recipe as it is now ('' it does not, None:
+    no params to tell); the recipe file changed since. A key the run lacks counts only when the
+    recipe sets it: options added later default to what runs did before them."""
+    if not record.params or not settings:
+        return None
+    diffs = [
+        f"{key}={record.params.get(key, '(unset)')}"
+        for key, value in settings.items()
+        if record.params.get(key, value if value == "None" else None) != value
+    ]
+    return " ".join(diffs)
+
+
+def group_runs(
+    records: Iterable[RunRecord], settings: Mapping[str, str] | None = None
+) -> list[Group]:
     """Runs grouped by changed settings (as written first, not recorded last); in each group the
-    latest finished run of each seed counts, runs that did not finish are listed beside them."""
+    latest finished run of each seed counts, runs that did not finish are listed beside them.
+    With the recipe's `settings`, runs of an earlier version of its file are a group apart."""
     by_changes: dict[str | None, list[RunRecord]] = {}
     for record in sorted(records, key=lambda r: r.started):
-        by_changes.setdefault(changed_settings(record.command), []).append(record)
+        changes = changed_settings(record.command)
+        if changes == "" and (then := earlier_version(record, settings or {})):
+            changes = f"an earlier version of the recipe: {then}"
+        by_changes.setdefault(changes, []).append(record)
     groups = []
     for changes, runs in by_changes.items():
         latest = {r.seed: r for r in runs if r.finished}  # runs are in start order
@@ -547,7 +588,10 @@ def write_page(
 ) -> tuple[str, str]:
     """(Re)write the page at `out` from the store; return (page, console table)."""
     recipes = recipes or load_recipes()
-    groups = {name: group_runs(recipe_runs(client, name)) for name in recipes}
+    groups = {
+        name: group_runs(recipe_runs(client, name), recipe.settings)
+        for name, recipe in recipes.items()
+    }
     page = render_page(recipes, groups, client.tracking_uri)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

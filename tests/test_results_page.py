@@ -195,6 +195,7 @@ def record(seed: int, minutes: int, status: str = "finished", acc: float = 0.9, 
         machine="CPU, 2 cores, no GPU",
         command=kw.get("command", AS_WRITTEN.format(seed=seed)),
         reason="" if status == "finished" else "boom",
+        params=kw.get("params", {}),
     )
 
 
@@ -239,3 +240,17 @@ def test_runs_with_changed_settings_are_listed_apart_and_never_averaged() -> Non
     assert "| **mean of 2 seeds** | 92.00%" in written and "99.00%" not in written
     assert "| `trainer.max_epochs=1 optimizer.lr=1` | 1 | 99.00% |" in changed
     assert "(2 seeds) | yes |" in page  # the summary: as written only
+
+
+def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
+    # The recipe now sets widths and lr 0.002; an option added since (ema_decay) is off.
+    now = {"optimizer.lr": "0.002", "backbone.widths": "[16, 32]", "trainer.ema_decay": "None"}
+    before = {"optimizer.lr": "0.001"}  # a run made before widths and ema_decay existed
+    current = {"optimizer.lr": "0.002", "backbone.widths": "[16, 32]", "trainer.ema_decay": "None"}
+    groups = group_runs(
+        [record(1, 1, acc=0.77, params=before), record(1, 2, acc=0.81, params=current)], now
+    )
+    assert [(g.changes, [r.run_id for r in g.counted]) for g in groups] == [
+        ("", ["1-2"]),
+        ("an earlier version of the recipe: optimizer.lr=0.001 backbone.widths=(unset)", ["1-1"]),
+    ]
