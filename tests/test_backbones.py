@@ -23,6 +23,18 @@ def test_every_backbone_gives_pooled_features(name: str) -> None:
     assert features.shape == (2, backbone.out_features)
 
 
+def test_simple_cnn_widths_set_the_blocks_and_halve_the_image_each() -> None:
+    backbone = backbones.simple_cnn(image_size=64, widths=[4, 8, 8, 8, 16], convs=[1, 1, 1, 1, 2])
+    assert len(backbone.blocks) == 5  # freezing counts these
+    x = torch.rand(2, 3, 64, 64)
+    for block in backbone.blocks:
+        x = block(x)
+    assert x.shape == (2, 16, 2, 2)
+    assert backbone(torch.rand(2, 3, 64, 64)).shape == (2, backbone.out_features)
+    with pytest.raises(ValueError, match="log2"):
+        backbones.simple_cnn(image_size=16, widths=[4, 4, 4, 4, 4])
+
+
 def _grads_after_step(backbone: backbones.Backbone) -> dict[str, bool]:
     backbone.train()
     backbone(torch.rand(4, backbone.in_channels, 32, 32)).sum().backward()

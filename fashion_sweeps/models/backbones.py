@@ -244,6 +244,7 @@ def simple_cnn(
     in_channels: int = 3,
     image_size: int = 64,
     width: int = 32,
+    widths: list[int] | None = None,
     dropout: float = 0.5,
     batchnorm: bool = False,
     convs: int | list[int] = 1,
@@ -253,13 +254,20 @@ def simple_cnn(
     **_: object,
 ) -> Backbone:
     """The 2019 report's benchmark: four conv+pool blocks (width, 2w, 4w, 4w), a 512-unit dense
-    layer, dropout. `batchnorm` and `convs` (per block) make the stronger from-scratch variant."""
+    layer, dropout. `batchnorm` and `convs` (per block) make the stronger from-scratch variant;
+    `widths` sets every block's width, and its length the number of blocks (one more, narrow,
+    block halves a larger image cheaply)."""
     _no_pretrained("simple_cnn", pretrained, weights_path=None)
-    chans = [in_channels, width, 2 * width, 4 * width, 4 * width]
-    per_block = _per_block(convs, 4, "convs")
+    widths = list(widths) if widths else [width, 2 * width, 4 * width, 4 * width]
+    if min(widths) < 1 or image_size >> len(widths) < 1:
+        raise ValueError(
+            f"backbone.widths={widths!r}: give positive widths, at most log2(image_size) blocks."
+        )
+    chans = [in_channels, *widths]
+    per_block = _per_block(convs, len(widths), "convs")
     blocks: list[nn.Module] = [
         nn.Sequential(*_convs(chans[i], chans[i + 1], per_block[i], batchnorm), nn.MaxPool2d(2))
-        for i in range(4)
+        for i in range(len(widths))
     ]
     flat = _flat_size(blocks, in_channels, image_size)
     tail = nn.Sequential(
