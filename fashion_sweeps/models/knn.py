@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -235,9 +236,10 @@ def fit_knn(
     start = time.perf_counter()
     if data.features is not None:  # the frozen backbone's features, from the feature cache
         features = data.features[rows]
-    else:
+    else:  # each image once, however often oversampling repeats it
+        unique, repeats = np.unique(rows, return_inverse=True)
         features = torch.from_numpy(
-            pooled_features(model, prepared.pixels[rows], data.cfg.batch_size)
+            pooled_features(model, prepared.pixels[unique], data.cfg.batch_size)[repeats]
         )
     head.fit(features, torch.from_numpy(prepared.targets[rows]))
     log.info(
