@@ -67,7 +67,9 @@ def test_zoom_of_a_full_area_is_the_identity() -> None:
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"flip": True, "mixup": 0.2}, r"Unknown dataset.augment option\(s\) \['mixup'\]"),
+        ({"flip": True, "hue": 0.2}, r"Unknown dataset.augment option\(s\) \['hue'\]"),
+        ({"mixup": -1}, r"dataset.augment.mixup=-1"),
+        ({"cutmix": "yes"}, r"dataset.augment.cutmix='yes'"),
         ({"scale": [0.9, 0.2]}, r"dataset.augment.scale"),
         ({"padding": "wrap"}, r"dataset.augment.padding='wrap'"),
         ({"erasing": 2}, r"dataset.augment.erasing"),
@@ -79,6 +81,31 @@ def test_zoom_of_a_full_area_is_the_identity() -> None:
 def test_bad_options_are_named(options: dict, message: str) -> None:
     with pytest.raises(AugmentError, match=message):
         batch_augment(options)
+
+
+def test_mixup_blends_images_and_labels_in_the_same_proportion() -> None:
+    x, y = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    mixed, target = batch_augment({"mixup": 0.4}).mix(x, y, num_classes=4)
+    assert target.shape == (6, 4) and torch.allclose(target.sum(1), torch.ones(6))
+    # One weight per batch: each image blends with the one before it (torchvision's roll).
+    lam = float(target[0, 0])  # image 0 is class 0, its partner (image 5) class 1
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.roll(1, 0), atol=1e-6)
+
+
+def test_cutmix_pastes_a_rectangle_and_labels_by_its_area() -> None:
+    x, y = torch.zeros(4, 1, 10, 10), torch.tensor([0, 1, 2, 3])
+    x[1::2] = 1.0  # images 1 and 3 white: a rectangle from them shows in 0 and 2
+    mixed, target = batch_augment({"cutmix": 1.0}).mix(x, y, num_classes=4)
+    pasted = mixed[0].mean()  # image 0 is black with its partner's (3, white) rectangle
+    assert target[0, 3] == pytest.approx(float(pasted), abs=1e-6)
+    assert target[0, 0] == pytest.approx(1 - float(pasted), abs=1e-6)
+    assert set(mixed.unique().tolist()) <= {0.0, 1.0}  # pasted, not blended
+
+
+def test_without_mixing_labels_stay_class_indices() -> None:
+    x, y = torch.rand(2, 3, 4, 4), torch.tensor([1, 0])
+    same_x, same_y = batch_augment({"flip": True}).mix(x, y, num_classes=2)
+    assert same_x is x and same_y is y
 
 
 def test_all_off_means_no_augmentation() -> None:
@@ -109,7 +136,8 @@ def test_augmented_run_augments_training_batches_only(make_cfg, fmnist_root, mon
         "trainer.max_epochs=2",
         "trainer.channels_last=true",
         "dataset.batch_size=16",
-        "+dataset.augment={flip: true, crop_padding: 2, erasing: 0.5, scale: [0.7, 1.0]}",
+        "+dataset.augment={flip: true, crop_padding: 2, erasing: 0.5, scale: [0.7, 1.0], "
+        "mixup: 0.2, cutmix: 1.0}",
     )
     data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed)
     assert isinstance(data.train_augmentation(), BatchAugment)

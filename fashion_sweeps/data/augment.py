@@ -13,6 +13,9 @@ Options (all off by default; `dataset.augment=null` turns augmentation off):
   color_jitter: 0.2     brightness, contrast and saturation factors in [0.8, 1.2]
   erasing: 0.5          probability of erasing one random rectangle (2-33% of the area)
   padding: zeros        what fills pixels shifted in from outside: zeros | border | reflection
+  mixup: 0.2            blend each image with another of the batch, labels in proportion
+  cutmix: 1.0           paste a rectangle of another image, labels by area (both: one of the two
+                        per batch); the values are the Beta(alpha, alpha) of the mixing weights
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPTIONS = {"flip", "rotation", "crop_padding", "scale", "color_jitter", "erasing", "padding"}
+OPTIONS = {
+    "flip",
+    "rotation",
+    "crop_padding",
+    "scale",
+    "color_jitter",
+    "erasing",
+    "padding",
+    "mixup",
+    "cutmix",
+}
 PADDINGS = ("zeros", "border", "reflection")
 
 
@@ -46,8 +59,16 @@ class BatchAugment(nn.Module):
         color_jitter: float = 0.0,
         erasing: float = 0.0,
         padding: str = "zeros",
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
     ) -> None:
         super().__init__()
+        for name, alpha in (("mixup", mixup), ("cutmix", cutmix)):
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
+                raise AugmentError(
+                    f"dataset.augment.{name}={alpha!r}: the alpha of the Beta(alpha, alpha) the "
+                    "mixing weight is drawn from, > 0 (e.g. mixup 0.2, cutmix 1.0), or 0 for off."
+                )
         if padding not in PADDINGS:
             raise AugmentError(f"dataset.augment.padding={padding!r}: use one of {PADDINGS}.")
         if scale is not None and not (
@@ -78,6 +99,8 @@ class BatchAugment(nn.Module):
         self.color_jitter = float(color_jitter or 0)
         self.erasing = float(erasing or 0)
         self.padding = padding
+        self.mixup = float(mixup)
+        self.cutmix = float(cutmix)
 
     @property
     def geometric(self) -> bool:
@@ -91,6 +114,25 @@ class BatchAugment(nn.Module):
         if self.erasing:
             x = self._erase(x)
         return x
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+    def mix(
+        self, x: torch.Tensor, y: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp / CutMix of a batch (torchvision's): images and soft targets (B, num_classes);
+        without them, the batch as it is with its class indices."""
+        if not self.mixes:
+            return x, y
+        from torchvision.transforms import v2
+
+        mixers = [v2.MixUp(alpha=self.mixup, num_classes=num_classes)] if self.mixup else []
+        if self.cutmix:
+            mixers.append(v2.CutMix(alpha=self.cutmix, num_classes=num_classes))
+        mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+        return mixer(x, y)
 
     def _uniform(self, n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
         return torch.rand(n, device=like.device, dtype=like.dtype) * (high - low) + low
@@ -161,7 +203,7 @@ class BatchAugment(nn.Module):
         return (
             f"flip={self.flip}, rotation={self.rotation}, crop_padding={self.crop_padding}, "
             f"scale={self.scale}, color_jitter={self.color_jitter}, erasing={self.erasing}, "
-            f"padding={self.padding!r}"
+            f"padding={self.padding!r}, mixup={self.mixup}, cutmix={self.cutmix}"
         )
 
 
@@ -176,6 +218,6 @@ def batch_augment(options: Mapping[str, Any] | None) -> BatchAugment | None:
             f"{sorted(OPTIONS)} (see fashion_sweeps/data/augment.py)."
         )
     augment = BatchAugment(**{k: v for k, v in options.items() if v is not None})
-    if not (augment.geometric or augment.color_jitter or augment.erasing):
+    if not (augment.geometric or augment.color_jitter or augment.erasing or augment.mixes):
         return None
     return augment

@@ -71,10 +71,12 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
+        target = y
         if self.augment is not None and not self.on_features:
-            x = self.augment(to_unit(x))
+            # MixUp / CutMix give soft targets; the training accuracy still counts y.
+            x, target = self.augment.mix(self.augment(to_unit(x)), y, len(self.model.classes))
         logits = self(x)
-        loss = self._loss(logits, y)
+        loss = self._loss(logits, target)
         if not torch.isfinite(loss):
             self.divergence = (
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
