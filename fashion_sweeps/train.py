@@ -34,7 +34,7 @@ from fashion_sweeps.distributed import (
 )
 from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
 from fashion_sweeps.models.backbones import WeightsUnavailableError
-from fashion_sweeps.models.classifier import classifier_for
+from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop_areas
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
 from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
 from fashion_sweeps.models.module import ClassifierModule
@@ -62,6 +62,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     # Config errors, before any run is opened or data read.
     check_knn_config(cfg)
     FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
+    crop_areas(cfg.get("test_time_crops"))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -231,6 +232,7 @@ USER_ERRORS = (
     KnnConfigError,
     SamplerError,
     TrackingUnavailableError,
+    TestTimeError,
     TrainerConfigError,
     WeightsUnavailableError,
 )

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.data.augment import AugmentError, BatchAugment, batch_augment
 from fashion_sweeps.data.datamodule import FashionDataModule, ImageArrayDataset
+from fashion_sweeps.models.classifier import TestTimeError, center_crop, crop_areas
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 
@@ -168,3 +169,36 @@ def test_test_time_flip_averages_an_image_and_its_mirror(make_cfg, fmnist_root) 
     model.test_time_flip = False
     torch.manual_seed(0)
     assert torch.allclose(a, model(x))
+
+
+def test_center_crop_keeps_the_middle_at_full_size() -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 2:6, 2:6] = 1.0  # a white square in the middle quarter of the area
+    assert torch.equal(center_crop(x, 0.25), torch.ones(1, 1, 8, 8))
+    assert center_crop(x, 1.0) is x
+
+
+def test_test_time_crops_average_the_crops_and_their_mirrors(make_cfg, fmnist_root) -> None:
+    from fashion_sweeps.data.datamodule import prepare_arrays
+    from fashion_sweeps.models.classifier import classifier_for
+
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}",
+        "backbone.widths=[4,4,4]",
+        "test_time_flip=true",
+        "test_time_crops=[1.0,0.5]",
+    )
+    model = classifier_for(cfg, prepare_arrays(cfg.dataset, cfg.seed)).eval()
+    x = torch.randint(0, 255, (5, 1, 28, 28), dtype=torch.uint8)
+    views = [center_crop(x.float(), a) for a in (1.0, 0.5)]
+    views += [v.flip(-1) for v in views]
+    model.test_time_crops, model.test_time_flip = [1.0], False
+    singles = [model(v / 255) for v in views]
+    model.test_time_crops, model.test_time_flip = [1.0, 0.5], True
+    assert torch.allclose(model(x), torch.stack(singles).mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [1.5, 0, [], "big", [1.0, -0.2]])
+def test_bad_test_time_crops_are_named(value) -> None:
+    with pytest.raises(TestTimeError, match="test_time_crops"):
+        crop_areas(value)

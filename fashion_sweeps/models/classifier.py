@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -45,11 +46,47 @@ class Preprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
+class TestTimeError(ValueError):
+    """`test_time_crops` holds an impossible value."""
+
+
+def center_crop(x: torch.Tensor, area: float) -> torch.Tensor:
+    """The centred crop of `area` (a fraction of the image) resized back to the image's size:
+    torchvision's CenterCrop + Resize, on a batch."""
+    h, w = x.shape[-2:]
+    ch, cw = max(1, round(h * area**0.5)), max(1, round(w * area**0.5))
+    if (ch, cw) == (h, w):
+        return x
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[..., top : top + ch, left : left + cw]
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def crop_areas(test_time_crops: Sequence[float] | float | None) -> list[float]:
+    """`test_time_crops` as a list of area fractions in (0, 1]; none given: the whole image."""
+    if test_time_crops is None:
+        return [1.0]
+    areas = [test_time_crops] if isinstance(test_time_crops, int | float) else test_time_crops
+    try:
+        areas = [float(a) for a in areas]
+    except (TypeError, ValueError):
+        areas = []
+    if not areas or not all(0 < a <= 1 for a in areas):
+        raise TestTimeError(
+            f"test_time_crops={test_time_crops!r}: give area fractions in (0, 1] of centred "
+            "crops whose logits are averaged, e.g. [1.0, 0.8], or null for the whole image only."
+        )
+    return areas
+
+
 class Classifier(nn.Module):
     """Images in, logits out. `classes` and `image_size` travel with the weights.
 
-    With `test_time_flip`, evaluation (not training) averages the logits of each image and its
-    mirror image: a cheap ensemble for models trained with flips, carried by the logged model.
+    Evaluation (not training) may average the logits of several views of each image, a cheap
+    ensemble carried by the logged model: with `test_time_flip` each image and its mirror image;
+    with `test_time_crops`, centred crops of those area fractions resized back. Crops suit models
+    trained on zoomed random crops (`dataset.augment.scale`), to which objects looked larger
+    than in the whole image (the "FixRes" train/test discrepancy).
     """
 
     def __init__(
@@ -60,8 +97,10 @@ class Classifier(nn.Module):
         classes: Sequence[str],
         image_size: int,
         test_time_flip: bool = False,
+        test_time_crops: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        self.test_time_crops = crop_areas(test_time_crops)
         self.preprocess = preprocess
         self.backbone = backbone
         self.head = head
@@ -70,12 +109,18 @@ class Classifier(nn.Module):
         self.test_time_flip = test_time_flip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(self.preprocess(x)))
-        # getattr: models pickled before this option existed lack the attribute.
-        if getattr(self, "test_time_flip", False) and not self.training:
-            mirrored = self.head(self.backbone(self.preprocess(x.flip(-1))))
-            logits = (logits + mirrored) / 2
-        return logits
+        x = self.preprocess(x)
+        if self.training:
+            return self.head(self.backbone(x))
+        # getattr: models pickled before these options existed lack the attributes.
+        views = [center_crop(x, a) for a in getattr(self, "test_time_crops", [1.0])]
+        if getattr(self, "test_time_flip", False):
+            views += [v.flip(-1) for v in views]
+        if len(views) == 1:
+            return self.head(self.backbone(x))
+        # One pass over every view (eval-mode BatchNorm treats images independently).
+        logits = self.head(self.backbone(torch.cat(views)))
+        return logits.view(len(views), len(x), -1).mean(0)
 
 
 def build_classifier(
@@ -86,6 +131,7 @@ def build_classifier(
     image_size: int,
     channel_stats: tuple[Sequence[float], Sequence[float]],
     test_time_flip: bool = False,
+    test_time_crops: Sequence[float] | None = None,
 ) -> Classifier:
     """Backbone and head from their configs (Hydra `_target_`), with derived sizes filled in.
 
@@ -112,6 +158,7 @@ def build_classifier(
         classes,
         image_size,
         test_time_flip,
+        test_time_crops,
     )
 
 
@@ -125,4 +172,5 @@ def classifier_for(cfg: DictConfig, prepared: Any) -> Classifier:
         cfg.dataset.image_size,
         prepared.channel_stats(),
         bool(cfg.get("test_time_flip", False)),
+        cfg.get("test_time_crops"),
     )

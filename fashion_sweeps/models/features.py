@@ -61,6 +61,8 @@ def feature_cache_blockers(model: Classifier, data: FashionDataModule) -> list[s
         blockers.append("training-time augmentation is on (dataset.augment)")
     if model.test_time_flip:  # mirrored images' features are not stored
         blockers.append("test-time flipping is on (test_time_flip)")
+    if model.test_time_crops != [1.0]:  # nor the crops' features
+        blockers.append("test-time crops are on (test_time_crops)")
     return blockers
 
 
