@@ -62,6 +62,8 @@ SAME_RECIPE_KEYS = {
     "trainer.progress",
 }
 SAME_RECIPE_GROUPS = ("tracking", "hydra", "cache")  # the key or any key under it
+# How a group of runs launched as written but made with an earlier version of the file is named.
+EARLIER = "an earlier version of the recipe: "
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
 MAX_CHANGED_ROWS = 20
 
@@ -287,7 +289,7 @@ def group_runs(
     for record in sorted(records, key=lambda r: r.started):
         changes = changed_settings(record.command)
         if changes == "" and (then := earlier_version(record, settings or {})):
-            changes = f"an earlier version of the recipe: {then}"
+            changes = EARLIER + then
         by_changes.setdefault(changes, []).append(record)
     groups = []
     for changes, runs in by_changes.items():
@@ -488,6 +490,14 @@ def _recipe_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     return lines
 
 
+def _changes_cell(changes: str | None) -> str:
+    if not changes:
+        return "not recorded (no command tag)"
+    if changes.startswith(EARLIER):
+        return f"{EARLIER}`{changes.removeprefix(EARLIER)}`"
+    return f"`{changes}`"
+
+
 def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     """One row per run (per group and seed the latest finished, and those that did not finish),
     newest first, at most MAX_CHANGED_ROWS."""
@@ -497,7 +507,7 @@ def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     header = ["changes", "seed", *METRICS.values(), "wall time", "machine", "date", "status"]
     rows = [
         [
-            f"`{changes}`" if changes else "not recorded (no command tag)",
+            _changes_cell(changes),
             r.seed,
             *(fmt(k, r.metrics.get(k)) for k in METRICS),
             fmt_duration(r.metrics.get("wall_time_s")),

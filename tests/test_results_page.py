@@ -254,3 +254,10 @@ def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
         ("", ["1-2"]),
         ("an earlier version of the recipe: optimizer.lr=0.001 backbone.widths=(unset)", ["1-1"]),
     ]
+    recipe = Recipe("demo", "fashion_mnist", None, {}, {"test_acc": 0.8}, settings=now)
+    page = render_page({"demo": recipe}, {"demo": groups}, "sqlite:////tmp/mlflow.db")
+    written, changed = page.split("### Runs with changed settings", 1)
+    assert "81.00%" in written and "77.00%" not in written
+    assert (
+        "an earlier version of the recipe: `optimizer.lr=0.001 backbone.widths=(unset)`" in changed
+    )
