@@ -42,7 +42,7 @@ from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
-from fashion_sweeps.trainer import TrainerConfigError, build_trainer
+from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trainer_options
 from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     check_knn_config(cfg)
     FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
     crop_areas(cfg.get("test_time_crops"))
+    check_trainer_options(cfg.trainer)
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(

@@ -78,6 +78,13 @@ def ema_averaging(decay: float) -> EMAWeightAveraging:
     return EMAWeightAveraging(decay=float(decay))
 
 
+def check_trainer_options(cfg: DictConfig) -> None:
+    """The options this module consumes, checked before a run opens (TrainerConfigError)."""
+    progress_bar_wanted(cfg.get("progress", "auto"))
+    if cfg.get("ema_decay") is not None:
+        ema_averaging(cfg.ema_decay)
+
+
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,

@@ -149,7 +149,9 @@ def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
     "override,message",
     [
         ("dataset.root={tmp}/missing", "DataError: The clothing data folder"),
-        ("+dataset.augment={{flip: true, mixup: 0.2}}", "AugmentError: Unknown dataset.augment"),
+        ("+dataset.augment={{flip: true, hue: 0.2}}", "AugmentError: Unknown dataset.augment"),
+        ("test_time_crops=[1.0,2]", "TestTimeError: test_time_crops=[1.0, 2]"),
+        ("trainer.ema_decay=1", "TrainerConfigError: trainer.ema_decay=1"),
     ],
 )
 def test_cli_prints_a_user_error_without_a_traceback(tmp_path: Path, override, message) -> None:
