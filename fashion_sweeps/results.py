@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR
-from fashion_sweeps.tracking.runs import flatten
+from fashion_sweeps.tracking.runs import config_params
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,11 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
 
 
 def training_settings(cfg: DictConfig) -> dict[str, str]:
-    """The composed config as a run logs it (tracking/runs.py), but the keys that leave what a
-    recipe trains as it is and the `recipe:` block."""
-    from omegaconf import OmegaConf
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    """The composed config as a run logs it, but the keys that leave what a recipe trains as it
+    is and the `recipe:` block."""
     return {
-        k: str(v)[:6000]
-        for k, v in flatten(resolved)
+        k: v
+        for k, v in config_params(cfg).items()
         if not _same_recipe(k) and k != "recipe" and not k.startswith("recipe.")
     }
 
@@ -271,12 +268,13 @@ def earlier_version(record: RunRecord, settings: Mapping[str, str]) -> str | Non
     recipe sets it: options added later default to what runs did before them."""
     if not record.params or not settings:
         return None
-    diffs = [
-        f"{key}={record.params.get(key, '(unset)')}"
+    params = record.params
+    differing = [
+        key
         for key, value in settings.items()
-        if record.params.get(key, value if value == "None" else None) != value
+        if (params[key] != value if key in params else value != "None")
     ]
-    return " ".join(diffs)
+    return " ".join(f"{key}={params.get(key, '(unset)')}" for key in differing)
 
 
 def group_runs(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 OPTIONS = {
     "flip",
@@ -101,6 +102,11 @@ class BatchAugment(nn.Module):
         self.padding = padding
         self.mixup = float(mixup)
         self.cutmix = float(cutmix)
+        # Built once: labels arrive one-hot, so the mixers need no class count.
+        mixers = [v2.MixUp(alpha=self.mixup)] if self.mixup else []
+        if self.cutmix:
+            mixers.append(v2.CutMix(alpha=self.cutmix))
+        self.mixer = v2.RandomChoice(mixers) if mixers else None  # one of them per batch
 
     @property
     def geometric(self) -> bool:
@@ -117,22 +123,16 @@ class BatchAugment(nn.Module):
 
     @property
     def mixes(self) -> bool:
-        return bool(self.mixup or self.cutmix)
+        return self.mixer is not None
 
     def mix(
         self, x: torch.Tensor, y: torch.Tensor, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp / CutMix of a batch (torchvision's): images and soft targets (B, num_classes);
         without them, the batch as it is with its class indices."""
-        if not self.mixes:
+        if self.mixer is None:
             return x, y
-        from torchvision.transforms import v2
-
-        mixers = [v2.MixUp(alpha=self.mixup, num_classes=num_classes)] if self.mixup else []
-        if self.cutmix:
-            mixers.append(v2.CutMix(alpha=self.cutmix, num_classes=num_classes))
-        mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-        return mixer(x, y)
+        return self.mixer(x, F.one_hot(y, num_classes).to(x.dtype))
 
     def _uniform(self, n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
         return torch.rand(n, device=like.device, dtype=like.dtype) * (high - low) + low

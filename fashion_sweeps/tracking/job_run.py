@@ -24,7 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fashion_sweeps.distributed import is_rank_zero
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
-from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, flatten, tracking_uri
+from fashion_sweeps.tracking.runs import (
+    TrackedRun,
+    check_reachable,
+    config_params,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,7 @@ MAY_CHANGE = (
 
 def identity(cfg: DictConfig) -> dict[str, str]:
     """The flattened config values that define what a run trains."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {k: str(v) for k, v in flatten(resolved) if not k.startswith(MAY_CHANGE)}
+    return {k: v for k, v in config_params(cfg).items() if not k.startswith(MAY_CHANGE)}
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -118,8 +122,7 @@ class ContinuedRun(RecordedRun):
         self.logged.update(new)
 
     def log_config(self, cfg: DictConfig) -> None:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        items = list(self._new_params(dict(flatten(resolved))).items())
+        items = list(self._new_params(config_params(cfg)).items())
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             super().log_params(dict(items[i : i + 100]))
         self.logged.update(items)

@@ -99,6 +99,13 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
             yield name, value
 
 
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as a run's MLflow params: flattened keys, values as text (MLflow keeps
+    at most 6,000 characters of one)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {k: str(v)[:6000] for k, v in flatten(resolved)}
+
+
 class TrackedRun:
     """One MLflow run, addressed by id. Create it with `TrackedRun.start`."""
 
@@ -130,8 +137,7 @@ class TrackedRun:
 
     def log_config(self, cfg: DictConfig) -> None:
         """Every resolved value as a param (flattened keys), and the whole config as YAML."""
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(resolved)]
+        params = [Param(k, v) for k, v in config_params(cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
