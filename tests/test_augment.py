@@ -202,3 +202,16 @@ def test_test_time_crops_average_the_crops_and_their_mirrors(make_cfg, fmnist_ro
 def test_bad_test_time_crops_are_named(value) -> None:
     with pytest.raises(TestTimeError, match="test_time_crops"):
         crop_areas(value)
+
+
+def test_a_single_test_time_crop_is_what_evaluation_sees(make_cfg, fmnist_root) -> None:
+    from fashion_sweeps.data.datamodule import prepare_arrays
+    from fashion_sweeps.models.classifier import classifier_for
+
+    cfg = make_cfg(f"dataset.root={fmnist_root}", "backbone.widths=[4,4,4]", "test_time_crops=0.5")
+    model = classifier_for(cfg, prepare_arrays(cfg.dataset, cfg.seed)).eval()
+    x = torch.rand(3, 1, 28, 28)
+    cropped = model(x)
+    model.test_time_crops = [1.0]
+    assert torch.allclose(cropped, model(center_crop(x, 0.5)), atol=1e-5)
+    assert not torch.allclose(cropped, model(x), atol=1e-3)

@@ -117,7 +117,7 @@ class Classifier(nn.Module):
         if getattr(self, "test_time_flip", False):
             views += [v.flip(-1) for v in views]
         if len(views) == 1:
-            return self.head(self.backbone(x))
+            return self.head(self.backbone(views[0]))
         # One pass over every view (eval-mode BatchNorm treats images independently).
         logits = self.head(self.backbone(torch.cat(views)))
         return logits.view(len(views), len(x), -1).mean(0)
