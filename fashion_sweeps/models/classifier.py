@@ -49,6 +49,8 @@ class Preprocess(nn.Module):
 class TestTimeError(ValueError):
     """`test_time_crops` holds an impossible value."""
 
+    __test__ = False  # a name pytest would otherwise try to collect where tests import it
+
 
 def center_crop(x: torch.Tensor, area: float) -> torch.Tensor:
     """The centred crop of `area` (a fraction of the image) resized back to the image's size:
