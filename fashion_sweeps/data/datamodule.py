@@ -120,8 +120,14 @@ def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
     classes = label_map(source.labels)
     index = {name: i for i, name in enumerate(classes)}
     targets = np.array([index[label] for label in source.labels], dtype=np.int64)
+    # A fixed split seed keeps one test set while the run seed varies training alone.
+    split_seed = dataset.get("split_seed")
     split = stratified_split(
-        source.labels, dataset.val_fraction, dataset.test_fraction, seed, source.splits
+        source.labels,
+        dataset.val_fraction,
+        dataset.test_fraction,
+        seed if split_seed is None else split_seed,
+        source.splits,
     )
     for name in ("train", "val", "test"):
         if not (split == name).any():
