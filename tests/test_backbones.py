@@ -35,6 +35,34 @@ def test_simple_cnn_widths_set_the_blocks_and_halve_the_image_each() -> None:
         backbones.simple_cnn(image_size=16, widths=[4, 4, 4, 4, 4])
 
 
+def test_simple_cnn_residual_blocks_add_their_input_after_the_pool() -> None:
+    backbone = backbones.simple_cnn(image_size=16, width=4, convs=[1, 3, 1, 1], residual=True)
+    block = backbone.blocks[1]
+    skip = block[-1]
+    assert isinstance(skip, backbones.Residual)
+    assert isinstance(block[-2], torch.nn.MaxPool2d)  # the skip's convolutions run at half size
+    x = torch.rand(2, 4, 8, 8)
+    pooled = block[:-1](x)
+    # With the skip's convolutions silenced the block is its first convolution and the pool.
+    torch.nn.init.zeros_(skip.body[-2].weight)
+    torch.nn.init.zeros_(skip.body[-2].bias)
+    torch.testing.assert_close(block(x), pooled)
+    # One convolution per block: nothing to go around, the plain block.
+    assert not any(isinstance(m, backbones.Residual) for m in backbone.blocks[0].modules())
+
+
+def test_simple_cnn_global_pooling_takes_any_image_size() -> None:
+    flat = backbones.simple_cnn(image_size=32, width=4)
+    pooled = backbones.simple_cnn(image_size=32, width=4, pool="avg")
+    assert pooled.tail[2].in_features == 16 < flat.tail[1].in_features
+    for size in (32, 48):
+        assert pooled.eval()(torch.rand(2, 3, size, size)).shape == (2, 512)
+    with pytest.raises(RuntimeError):
+        flat.eval()(torch.rand(2, 3, 48, 48))
+    with pytest.raises(ValueError, match="flatten, avg or max"):
+        backbones.simple_cnn(pool="mean")
+
+
 def _grads_after_step(backbone: backbones.Backbone) -> dict[str, bool]:
     backbone.train()
     backbone(torch.rand(4, backbone.in_channels, 32, 32)).sum().backward()

@@ -233,6 +233,32 @@ def _convs(c_in: int, c_out: int, n: int = 1, batchnorm: bool = False) -> list[n
     return layers
 
 
+class Residual(nn.Module):
+    """`x + body(x)`: a skip connection around layers that keep the shape (ResNet's idea)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _block(c_in: int, c_out: int, n: int, batchnorm: bool, residual: bool) -> nn.Sequential:
+    """n convolutions and a 2x2 max-pool. Residual: the first convolution, the pool, then the
+    other n - 1 around a skip connection, at the halved size (ResNet-9's layout, 2018)."""
+    if not residual or n == 1:
+        return nn.Sequential(*_convs(c_in, c_out, n, batchnorm), nn.MaxPool2d(2))
+    return nn.Sequential(
+        *_convs(c_in, c_out, 1, batchnorm),
+        nn.MaxPool2d(2),
+        Residual(nn.Sequential(*_convs(c_out, c_out, n - 1, batchnorm))),
+    )
+
+
+GLOBAL_POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+
+
 def _per_block(value: int | list[int], blocks: int, name: str) -> list[int]:
     values = [value] * blocks if isinstance(value, int) else list(value)
     if len(values) != blocks or min(values) < 1:
@@ -248,6 +274,8 @@ def simple_cnn(
     dropout: float = 0.5,
     batchnorm: bool = False,
     convs: int | list[int] = 1,
+    residual: bool = False,
+    pool: str = "flatten",
     pretrained: bool = False,
     weights_path: str | None = None,
     freeze: bool | int = False,
@@ -256,8 +284,12 @@ def simple_cnn(
     """The 2019 report's benchmark: four conv+pool blocks (width, 2w, 4w, 4w), a 512-unit dense
     layer, dropout. `batchnorm` and `convs` (per block) make the stronger from-scratch variant;
     `widths` sets every block's width, and its length the number of blocks (one more, narrow,
-    block halves a larger image cheaply)."""
+    block halves a larger image cheaply). `residual` puts a block's later convolutions around a
+    skip connection; `pool` reduces the last feature maps before the dense layer: `flatten`
+    (the report's: every position its own weights), global `avg` or `max`."""
     _no_pretrained("simple_cnn", pretrained, weights_path=None)
+    if pool != "flatten" and pool not in GLOBAL_POOLS:
+        raise ValueError(f"backbone.pool={pool!r}: use flatten, avg or max.")
     widths = list(widths) if widths else [width, 2 * width, 4 * width, 4 * width]
     if min(widths) < 1 or image_size >> len(widths) < 1:
         raise ValueError(
@@ -266,12 +298,17 @@ def simple_cnn(
     chans = [in_channels, *widths]
     per_block = _per_block(convs, len(widths), "convs")
     blocks: list[nn.Module] = [
-        nn.Sequential(*_convs(chans[i], chans[i + 1], per_block[i], batchnorm), nn.MaxPool2d(2))
+        _block(chans[i], chans[i + 1], per_block[i], batchnorm, residual)
         for i in range(len(widths))
     ]
-    flat = _flat_size(blocks, in_channels, image_size)
+    flat = widths[-1] if pool != "flatten" else _flat_size(blocks, in_channels, image_size)
+    # Flatten alone keeps the report's layer indices, so its weight files still load.
     tail = nn.Sequential(
-        nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        *([GLOBAL_POOLS[pool](1)] if pool in GLOBAL_POOLS else []),
+        nn.Flatten(),
+        nn.Linear(flat, 512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
     )
     backbone = _load_file(Backbone(blocks, tail, 512, in_channels), weights_path)
     backbone.freeze(freeze)
