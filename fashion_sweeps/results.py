@@ -90,6 +90,9 @@ class Recipe:
     # What the recipe trains as MLflow params (flattened config, same-recipe keys left out): a
     # run whose params differ was made with an earlier version of the file.
     settings: Mapping[str, str] = field(default_factory=dict)
+    # The same keys as the chosen config groups' own files set them, without the recipe: what a
+    # run made before an option existed did (its params lack the key).
+    defaults: Mapping[str, str] = field(default_factory=dict)
 
 
 def recipe_names() -> list[str]:
@@ -145,8 +148,23 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
                 needs=block.get("needs"),
                 sweep=sweep,
                 settings=training_settings(cfg),
+                defaults=training_settings(_group_defaults(name)),
             )
     return recipes
+
+
+def _group_defaults(name: str) -> DictConfig:
+    """The config composed from the groups the recipe chooses, but not the recipe's own values
+    (inside load_recipes' Hydra context)."""
+    from hydra import compose
+
+    hydra = compose("config", [f"experiment={name}"], return_hydra_config=True).hydra
+    overrides = [
+        f"{group}={choice}"
+        for group, choice in hydra.runtime.choices.items()
+        if choice is not None and group != "experiment" and not group.startswith("hydra")
+    ]
+    return compose("config", overrides)
 
 
 def training_settings(cfg: DictConfig) -> dict[str, str]:
@@ -262,31 +280,37 @@ def _seed_order(seed: str) -> tuple[int, float, str]:
         return (1, 0.0, seed)
 
 
-def earlier_version(record: RunRecord, settings: Mapping[str, str]) -> str | None:
+def earlier_version(
+    record: RunRecord, settings: Mapping[str, str], defaults: Mapping[str, str] | None = None
+) -> str | None:
     """How a run launched as written differs from the recipe as it is now ('' it does not, None:
     no params to tell); the recipe file changed since. A key the run lacks counts only when the
-    recipe sets it: options added later default to what runs did before them."""
+    recipe sets it to other than its default (`defaults`; else null): options added later
+    default to what runs did before them."""
     if not record.params or not settings:
         return None
-    params = record.params
+    params, defaults = record.params, defaults or {}
     differing = [
         key
         for key, value in settings.items()
-        if (params[key] != value if key in params else value != "None")
+        if (params[key] != value if key in params else value != defaults.get(key, "None"))
     ]
     return " ".join(f"{key}={params.get(key, '(unset)')}" for key in differing)
 
 
 def group_runs(
-    records: Iterable[RunRecord], settings: Mapping[str, str] | None = None
+    records: Iterable[RunRecord],
+    settings: Mapping[str, str] | None = None,
+    defaults: Mapping[str, str] | None = None,
 ) -> list[Group]:
     """Runs grouped by changed settings (as written first, not recorded last); in each group the
     latest finished run of each seed counts, runs that did not finish are listed beside them.
-    With the recipe's `settings`, runs of an earlier version of its file are a group apart."""
+    With the recipe's `settings` (and `defaults`, see earlier_version), runs of an earlier
+    version of its file are a group apart."""
     by_changes: dict[str | None, list[RunRecord]] = {}
     for record in sorted(records, key=lambda r: r.started):
         changes = changed_settings(record.command)
-        if changes == "" and (then := earlier_version(record, settings or {})):
+        if changes == "" and (then := earlier_version(record, settings or {}, defaults)):
             changes = EARLIER + then
         by_changes.setdefault(changes, []).append(record)
     groups = []
@@ -597,7 +621,7 @@ def write_page(
     """(Re)write the page at `out` from the store; return (page, console table)."""
     recipes = recipes or load_recipes()
     groups = {
-        name: group_runs(recipe_runs(client, name), recipe.settings)
+        name: group_runs(recipe_runs(client, name), recipe.settings, recipe.defaults)
         for name, recipe in recipes.items()
     }
     page = render_page(recipes, groups, client.tracking_uri)

@@ -89,6 +89,11 @@ def test_every_recipe_file_has_its_recipe_block() -> None:
     for name, recipe in recipes.items():
         assert recipe.problem is None, recipe.problem
         assert recipe.name == name
+    # The defaults are the chosen groups' own values, not the recipe's.
+    scratch = recipes["clothing_scratch"]
+    assert scratch.settings["backbone.residual"] == "True"
+    assert scratch.defaults["backbone.residual"] == "False"
+    assert scratch.settings["backbone.pool"] == scratch.defaults["backbone.pool"] == "flatten"
 
 
 def test_runs_are_tagged_with_recipe_machine_and_command(made: dict) -> None:
@@ -243,12 +248,20 @@ def test_runs_with_changed_settings_are_listed_apart_and_never_averaged() -> Non
 
 
 def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
-    # The recipe now sets widths and lr 0.002; an option added since (ema_decay) is off.
-    now = {"optimizer.lr": "0.002", "backbone.widths": "[16, 32]", "trainer.ema_decay": "None"}
-    before = {"optimizer.lr": "0.001"}  # a run made before widths and ema_decay existed
-    current = {"optimizer.lr": "0.002", "backbone.widths": "[16, 32]", "trainer.ema_decay": "None"}
+    # The recipe now sets widths and lr 0.002; options added since are at their defaults (off,
+    # or the group file's value, which is what runs did before the option existed).
+    now = {
+        "optimizer.lr": "0.002",
+        "backbone.widths": "[16, 32]",
+        "trainer.ema_decay": "None",
+        "backbone.pool": "flatten",
+    }
+    defaults = {"optimizer.lr": "0.001", "backbone.widths": "None", "backbone.pool": "flatten"}
+    before = {"optimizer.lr": "0.001"}  # a run made before widths, ema_decay and pool existed
     groups = group_runs(
-        [record(1, 1, acc=0.77, params=before), record(1, 2, acc=0.81, params=current)], now
+        [record(1, 1, acc=0.77, params=before), record(1, 2, acc=0.81, params=dict(now))],
+        now,
+        defaults,
     )
     assert [(g.changes, [r.run_id for r in g.counted]) for g in groups] == [
         ("", ["1-2"]),
@@ -256,6 +269,8 @@ def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
     ]
     recipe = Recipe("demo", "fashion_mnist", None, {}, {"test_acc": 0.8}, settings=now)
     page = render_page({"demo": recipe}, {"demo": groups}, "sqlite:////tmp/mlflow.db")
+    # Without the defaults, an option added since with a non-null default would count.
+    assert "backbone.pool=(unset)" in group_runs([record(1, 1, params=before)], now)[0].changes
     written, changed = page.split("### Runs with changed settings", 1)
     assert "81.00%" in written and "77.00%" not in written
     assert (
