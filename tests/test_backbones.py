@@ -51,6 +51,14 @@ def test_simple_cnn_residual_blocks_add_their_input_after_the_pool() -> None:
     assert not any(isinstance(m, backbones.Residual) for m in backbone.blocks[0].modules())
 
 
+def test_simple_cnn_residual_with_batchnorm_builds_down_to_1x1_maps() -> None:
+    # The last skip branch sees 1x1 maps at 16 px: sizing the dense layer must not train BN.
+    backbone = backbones.simple_cnn(
+        image_size=16, width=4, batchnorm=True, convs=[1, 1, 1, 3], residual=True
+    )
+    assert backbone.train()(torch.rand(2, 3, 16, 16)).shape == (2, 512)
+
+
 def test_simple_cnn_global_pooling_takes_any_image_size() -> None:
     flat = backbones.simple_cnn(image_size=32, width=4)
     pooled = backbones.simple_cnn(image_size=32, width=4, pool="avg")

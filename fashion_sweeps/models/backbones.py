@@ -200,10 +200,11 @@ def resnet50(
 
 
 def _flat_size(blocks: list[nn.Module], in_channels: int, image_size: int) -> int:
+    # In eval mode: training-mode BatchNorm refuses one value a channel (a 1x1 map of one image).
+    probe = nn.Sequential(*blocks).eval()
     with torch.no_grad():
-        x = torch.zeros(1, in_channels, image_size, image_size)
-        for block in blocks:
-            x = block(x)
+        x = probe(torch.zeros(1, in_channels, image_size, image_size))
+    probe.train()
     return x.flatten(1).shape[1]
 
 
