@@ -118,13 +118,16 @@ def _figures(block: Mapping | None, what: str, path: str) -> dict[str, float]:
 def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
     """Every recipe of conf/experiment/ (or those named), composed as training composes them."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     recipes = {}
     with initialize_config_dir(str(CONF_DIR)):
         for name in names or recipe_names():
             path = f"conf/experiment/{name}.yaml"
-            cfg = compose("config", overrides=[f"experiment={name}"])
+            cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            choices = dict(cfg.hydra.runtime.choices)  # the groups the recipe chose
+            with open_dict(cfg):
+                del cfg.hydra  # as training sees it
             block = cfg.get("recipe")
             sweep = OmegaConf.select(cfg, "sweep.name", default=None)
             sweep = None if sweep is None else str(sweep)
@@ -148,20 +151,19 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
                 needs=block.get("needs"),
                 sweep=sweep,
                 settings=training_settings(cfg),
-                defaults=training_settings(_group_defaults(name)),
+                defaults=training_settings(_group_defaults(choices)),
             )
     return recipes
 
 
-def _group_defaults(name: str) -> DictConfig:
-    """The config composed from the groups the recipe chooses, but not the recipe's own values
+def _group_defaults(choices: Mapping[str, str | None]) -> DictConfig:
+    """The config composed from the groups a recipe chose, without the recipe's own values
     (inside load_recipes' Hydra context)."""
     from hydra import compose
 
-    hydra = compose("config", [f"experiment={name}"], return_hydra_config=True).hydra
     overrides = [
         f"{group}={choice}"
-        for group, choice in hydra.runtime.choices.items()
+        for group, choice in choices.items()
         if choice is not None and group != "experiment" and not group.startswith("hydra")
     ]
     return compose("config", overrides)

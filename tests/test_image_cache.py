@@ -113,8 +113,8 @@ def test_prepared_data_from_the_cache_is_the_same(make_cfg, clothing_root: Path,
     cfg = make_cfg(
         "dataset=clothing", f"dataset.root={clothing_root}", "dataset.image_size=16"
     ).dataset
-    first = _prepare(cfg, seed=0, cache_dir=tmp_path / "c")
-    second = _prepare(cfg, seed=0, cache_dir=tmp_path / "c")
+    first = _prepare(cfg, split_seed=0, cache_dir=tmp_path / "c")
+    second = _prepare(cfg, split_seed=0, cache_dir=tmp_path / "c")
     assert (first.image_cache, second.image_cache) == ("miss", "hit")
     np.testing.assert_array_equal(first.pixels, second.pixels)
     np.testing.assert_array_equal(first.targets, second.targets)

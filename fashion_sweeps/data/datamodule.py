@@ -76,17 +76,24 @@ def prepare_arrays(
     dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
 ) -> PreparedData:
     """Read, filter, decode and split the data set a config describes (memoised per process;
-    decoded images also on disk under `cache_dir`, see data/cache.py)."""
+    decoded images also on disk under `cache_dir`, see data/cache.py). The run's `seed` draws the
+    split unless `dataset.split_seed` fixes it."""
+    # A fixed split seed keeps one test set while the run seed varies training alone; runs of
+    # several seeds in one process then share the prepared arrays.
+    split_seed = dataset.get("split_seed")
+    split_seed = seed if split_seed is None else split_seed
     options = OmegaConf.to_container(dataset, resolve=True)
-    key = json.dumps([options, seed, str(cache_dir)], sort_keys=True)
+    key = json.dumps([options, split_seed, str(cache_dir)], sort_keys=True)
     if key in _PREPARED:
         # Prepared earlier in this process: nothing read or decoded for this run.
         return replace(_PREPARED[key], image_cache="memory", seconds=0.0)
-    _PREPARED[key] = _prepare(dataset, seed, cache_dir)
+    _PREPARED[key] = _prepare(dataset, split_seed, cache_dir)
     return _PREPARED[key]
 
 
-def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None) -> PreparedData:
+def _prepare(
+    dataset: DictConfig, split_seed: int, cache_dir: str | Path | None = None
+) -> PreparedData:
     start = time.perf_counter()
     source: Source = build(dataset.reader)
     skipped = source.skipped_counts()
@@ -120,14 +127,8 @@ def _prepare(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None
     classes = label_map(source.labels)
     index = {name: i for i, name in enumerate(classes)}
     targets = np.array([index[label] for label in source.labels], dtype=np.int64)
-    # A fixed split seed keeps one test set while the run seed varies training alone.
-    split_seed = dataset.get("split_seed")
     split = stratified_split(
-        source.labels,
-        dataset.val_fraction,
-        dataset.test_fraction,
-        seed if split_seed is None else split_seed,
-        source.splits,
+        source.labels, dataset.val_fraction, dataset.test_fraction, split_seed, source.splits
     )
     for name in ("train", "val", "test"):
         if not (split == name).any():

@@ -302,10 +302,12 @@ def simple_cnn(
         _block(chans[i], chans[i + 1], per_block[i], batchnorm, residual)
         for i in range(len(widths))
     ]
-    flat = widths[-1] if pool != "flatten" else _flat_size(blocks, in_channels, image_size)
-    # Flatten alone keeps the report's layer indices, so its weight files still load.
+    if pool == "flatten":  # no layer before Flatten: the report's weight files still load
+        reduce, flat = [], _flat_size(blocks, in_channels, image_size)
+    else:
+        reduce, flat = [GLOBAL_POOLS[pool](1)], widths[-1]
     tail = nn.Sequential(
-        *([GLOBAL_POOLS[pool](1)] if pool in GLOBAL_POOLS else []),
+        *reduce,
         nn.Flatten(),
         nn.Linear(flat, 512),
         nn.ReLU(inplace=True),
