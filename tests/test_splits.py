@@ -63,3 +63,6 @@ def test_split_seed_fixes_the_test_set_while_the_run_seed_varies(make_cfg, cloth
     assert test_images("seed=1", "dataset.split_seed=5") == test_images(
         "seed=2", "dataset.split_seed=5"
     )
+    # ... and share what was prepared: the second seed reads and decodes nothing again.
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "dataset.split_seed=5")
+    assert prepare_arrays(cfg.dataset, 3).image_cache == "memory"
