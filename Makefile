@@ -42,8 +42,8 @@ format:  ## apply ruff's fixes and formatting
 train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=resnet18"
 	$(FS) train $(ARGS)
 
-demo:  ## a tiny screen and its full runs on the bundled offline sample (a few minutes)
-	$(FS) sweep dataset=clothing_sample sweep=tiny $(ARGS)
+demo:  ## an offline transfer screen (frozen ImageNet EfficientNet-Lite0) and its full runs on the bundled sample
+	$(FS) sweep sweep=demo $(ARGS)
 	$(FS) report
 
 screen:  ## the 24-condition screen, resumable: make screen DATASET=clothing ROOT=... ARGS="..."

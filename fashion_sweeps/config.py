@@ -17,10 +17,15 @@ def component_name(node: DictConfig) -> str:
     return str(node._target_).rsplit(".", 1)[-1].lower()
 
 
+def backbone_name(node: DictConfig) -> str:
+    """The builder's name, or the model's for builders of many (`backbone=timm`: its `name`)."""
+    return str(node.get("name") or component_name(node))
+
+
 def condition(cfg: DictConfig) -> dict[str, str]:
     """What a sweep condition is: backbone, head, optimizer, learning rate, sampler."""
     return {
-        "backbone": component_name(cfg.backbone),
+        "backbone": backbone_name(cfg.backbone),
         "head": component_name(cfg.head),
         "optimizer": component_name(cfg.optimizer),
         "lr": f"{float(cfg.optimizer.lr):g}",

@@ -1,14 +1,17 @@
-"""Backbones: torchvision transfer-learning models and from-scratch baselines  (conf/backbone/).
+"""Backbones: ImageNet transfer-learning models and from-scratch baselines  (conf/backbone/).
 
 Every builder has the same signature and returns a `Backbone`: an image batch in, pooled features
 (B, out_features) out. The config's `_target_` names the builder; its last segment is the
-backbone's name in tables and condition keys.
+backbone's name in tables and condition keys (`backbone.name` for `timm`). A backbone built with
+ImageNet weights carries what those weights expect (`WeightsInfo`: normalisation and native
+resolution), as torchvision's weight enums do.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +23,19 @@ log = logging.getLogger(__name__)
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights were asked for and cannot be had."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What pretrained weights expect of their input: the normalisation they were trained with
+    and their native resolution (pixels a side)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resolution: int
+
+
+IMAGENET = WeightsInfo((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
 class Backbone(nn.Module):
@@ -35,6 +51,14 @@ class Backbone(nn.Module):
         self.out_features = out_features
         self.in_channels = in_channels
         self.frozen_blocks = 0
+        # None: no pretrained weights; the classifier normalises with the data's statistics.
+        self.weights_info: WeightsInfo | None = None
+
+    def finish(self, freeze: bool | int, weights_info: WeightsInfo | None = None) -> Backbone:
+        """The builders' last step: record the weights' expectations, freeze as asked."""
+        self.weights_info = weights_info
+        self.freeze(freeze)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -131,6 +155,11 @@ def _pooled() -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+def _imagenet_if(pretrained: bool, weights_path: str | None) -> WeightsInfo | None:
+    """torchvision's weights files (downloaded or given) are ImageNet-trained."""
+    return IMAGENET if pretrained or weights_path else None
+
+
 # --- torchvision builders -----------------------------------------------------------------------
 
 
@@ -143,8 +172,7 @@ def mobilenet_v2(
     """MobileNetV2: 19 feature blocks, global average pooled to 1280 features."""
     model = _torchvision_model("mobilenet_v2", pretrained, weights_path)
     backbone = Backbone(list(model.features), _pooled(), 1280, in_channels=3)
-    backbone.freeze(freeze)
-    return backbone
+    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
 
 
 def vgg16(
@@ -162,8 +190,7 @@ def vgg16(
             stages.append(nn.Sequential(*current))
             current = []
     backbone = Backbone(stages, _pooled(), 512, in_channels=3)
-    backbone.freeze(freeze)
-    return backbone
+    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
 
 
 def _resnet(name: str, features: int, pretrained, weights_path, freeze) -> Backbone:
@@ -172,8 +199,7 @@ def _resnet(name: str, features: int, pretrained, weights_path, freeze) -> Backb
     backbone = Backbone(
         [stem, m.layer1, m.layer2, m.layer3, m.layer4], _pooled(), features, in_channels=3
     )
-    backbone.freeze(freeze)
-    return backbone
+    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
 
 
 def resnet18(
@@ -313,9 +339,7 @@ def simple_cnn(
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
     )
-    backbone = _load_file(Backbone(blocks, tail, 512, in_channels), weights_path)
-    backbone.freeze(freeze)
-    return backbone
+    return _load_file(Backbone(blocks, tail, 512, in_channels), weights_path).finish(freeze)
 
 
 def fmnist_cnn(
@@ -349,9 +373,7 @@ def fmnist_cnn(
     tail = nn.Sequential(
         nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Dropout(dropouts[3])
     )
-    backbone = _load_file(Backbone(blocks, tail, dense, in_channels), weights_path)
-    backbone.freeze(freeze)
-    return backbone
+    return _load_file(Backbone(blocks, tail, dense, in_channels), weights_path).finish(freeze)
 
 
 def mlp(
@@ -374,9 +396,8 @@ def mlp(
             nn.Dropout(dropout),
         )
     ]
-    backbone = _load_file(Backbone(blocks, nn.Identity(), hidden, in_channels), weights_path)
-    backbone.freeze(freeze)
-    return backbone
+    backbone = Backbone(blocks, nn.Identity(), hidden, in_channels)
+    return _load_file(backbone, weights_path).finish(freeze)
 
 
 def pixels(
@@ -391,8 +412,5 @@ def pixels(
     benchmark's kNN on pixels; under a trainable head, a linear model on pixels."""
     _no_pretrained("pixels", pretrained, weights_path=None)
     features = in_channels * image_size * image_size
-    backbone = _load_file(
-        Backbone([nn.Flatten()], nn.Identity(), features, in_channels), weights_path
-    )
-    backbone.freeze(freeze)
-    return backbone
+    backbone = Backbone([nn.Flatten()], nn.Identity(), features, in_channels)
+    return _load_file(backbone, weights_path).finish(freeze)

@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from fashion_sweeps.config import build, component_name
+from fashion_sweeps.config import build
 from fashion_sweeps.models.backbones import Backbone
-
-# Builders in models/backbones.py whose weights files are torchvision's ImageNet-style ones.
-TORCHVISION_BACKBONES = ("mobilenet_v2", "vgg16", "resnet18", "resnet50")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -137,17 +132,13 @@ def build_classifier(
 ) -> Classifier:
     """Backbone and head from their configs (Hydra `_target_`), with derived sizes filled in.
 
-    Pretrained backbones get ImageNet normalisation; others the training split's statistics.
+    Pretrained backbones get the normalisation their weights carry (`Backbone.weights_info`);
+    others, and a scratch backbone's own weights file, the training split's statistics.
     """
     backbone: Backbone = build(backbone_cfg, in_channels=channels, image_size=image_size)
     head = build(head_cfg, in_features=backbone.out_features, num_classes=len(classes))
-    # ImageNet weights expect ImageNet's statistics; a scratch backbone's own weights file (e.g.
-    # from `fashion-sweeps export-backbone`) was trained on the data's own.
-    imagenet = backbone_cfg.get("pretrained") or (
-        backbone_cfg.get("weights_path") and component_name(backbone_cfg) in TORCHVISION_BACKBONES
-    )
-    if imagenet:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if backbone.weights_info is not None:
+        mean, std = backbone.weights_info.mean, backbone.weights_info.std
     else:
         mean, std = channel_stats
         if backbone.in_channels != channels:  # grey data into an RGB backbone, or back
