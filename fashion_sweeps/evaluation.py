@@ -94,6 +94,33 @@ def overall_metrics(predictions: Predictions) -> dict[str, float]:
     }
 
 
+BASELINES = ("chance_acc", "majority_acc")
+
+
+def baselines(
+    train_targets: np.ndarray, test_targets: np.ndarray, classes: int
+) -> dict[str, float]:
+    """What a useless model scores on the test split, to read the real figures against: the
+    chance level (a uniform guess, 1 / classes) and the majority-class accuracy (always the
+    class most frequent in training)."""
+    if len(test_targets) == 0 or len(train_targets) == 0:
+        return {"chance_acc": 1.0 / max(classes, 1)}
+    majority = np.bincount(train_targets, minlength=classes).argmax()
+    return {
+        "chance_acc": 1.0 / classes,
+        "majority_acc": float((np.asarray(test_targets) == majority).mean()),
+    }
+
+
+def baseline_text(acc: float, metrics: dict[str, float]) -> str:
+    """`72.9% (chance 12.5%, majority class 16.7%)`: a model's accuracy beside its baselines."""
+    text = f"{acc:.1%}"
+    parts = [f"chance {metrics['chance_acc']:.1%}"] if "chance_acc" in metrics else []
+    if "majority_acc" in metrics:
+        parts.append(f"majority class {metrics['majority_acc']:.1%}")
+    return f"{text} ({', '.join(parts)})" if parts else text
+
+
 # --- Per class ----------------------------------------------------------------------------------
 
 PER_CLASS_COLUMNS = ["precision", "recall", "f1", "support", "top1", "top5"]

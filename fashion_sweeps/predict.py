@@ -96,6 +96,25 @@ def load_tagging_model(uri: str):
     return model, int(shape[1]), int(shape[2])
 
 
+def model_figures(model) -> str:
+    """The model's own test accuracy beside its chance level and majority-class accuracy, from
+    the run that logged it ("" when that run cannot be read): a user sees at once whether the
+    model is any better than a guess before trusting its tags."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion_sweeps.evaluation import BASELINES, baseline_text
+
+    try:
+        metrics = MlflowClient().get_run(model.metadata.run_id).data.metrics
+    except Exception as err:  # a model file outside any store, a store that forgot the run
+        log.info("The model's test figures are not available (%s)", err)
+        return ""
+    if "test_acc" not in metrics:
+        return ""
+    floor = {k: metrics[f"test_{k}"] for k in BASELINES if f"test_{k}" in metrics}
+    return f" The model's test accuracy: {baseline_text(metrics['test_acc'], floor)}."
+
+
 def header(top_k: int) -> list[str]:
     cols = ["path"]
     for i in range(1, top_k + 1):
@@ -229,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Tagged {summary.images} images in {summary.seconds:.1f}s "
         f"({summary.images_per_second:.1f} images/s): {summary.needs_review} need review "
         f"(top-1 probability < {args.min_confidence}), {summary.unreadable} unreadable. "
-        f"Rows in {args.out}."
+        f"Rows in {args.out}.{model_figures(model)}"
     )
     return 0
 

@@ -32,7 +32,13 @@ from fashion_sweeps.distributed import (
     mark_data_ready,
     wait_for_rank_zero_data,
 )
-from fashion_sweeps.evaluation import collect_predictions, evaluate, tail_summary
+from fashion_sweeps.evaluation import (
+    baseline_text,
+    baselines,
+    collect_predictions,
+    evaluate,
+    tail_summary,
+)
 from fashion_sweeps.models.backbones import WeightsUnavailableError
 from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop_areas
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
@@ -190,6 +196,10 @@ def _fit_and_test(
     log_evaluation(run, evaluation, out / "evaluation")
     (log.warning if len(evaluation.tail) else log.info)(tail_summary(evaluation))
     test_metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
+    train_targets = prepared.targets[prepared.indices("train")]
+    floor = baselines(train_targets, predictions.targets, len(prepared.classes))
+    test_metrics.update({f"test_{k}": v for k, v in floor.items()})
+    accuracy = baseline_text(test_metrics.get("test_acc", math.nan), floor)
     run.log_metrics(
         {
             **test_metrics,
@@ -204,16 +214,16 @@ def _fit_and_test(
     )
     # Curves, gallery and the deployable model: after the metrics, so a failure loses nothing.
     test_images = prepared.pixels[prepared.indices("test")]
-    log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed)
+    log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed, accuracy)
     run.set_tags({"status": "finished"})
     run.log_metrics({"teardown_s": clock.teardown_s()})
     run.end("FINISHED")
     log.info(
-        "%s: best val_loss %.4f at epoch %d; test acc %.4f, weighted F1 %.4f",
+        "%s: best val_loss %.4f at epoch %d; test acc %s, weighted F1 %.4f",
         condition_key(cfg),
         best_val_loss,
         best_epoch,
-        test_metrics.get("test_acc", math.nan),
+        accuracy,
         test_metrics.get("test_f1_weighted", math.nan),
     )
     return best_val_loss

@@ -1,8 +1,8 @@
 """The Lightning Trainer of one run: devices, early stopping, checkpoints, progress  (conf/trainer/).
 
 Keys of `conf/trainer/*.yaml` go to `pytorch_lightning.Trainer` as they are, except the few this
-module consumes itself: `patience`, `progress`, `ema_decay`; and `channels_last`, which train.py
-applies.
+module consumes itself: `patience`, `progress`, `progress_every_s`, `ema_decay`; and
+`channels_last`, which train.py applies.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
+
+from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,36 @@ class TrainerConfigError(ValueError):
 
 
 class EpochSummary(Callback):
-    """One log line per epoch: readable in a file where a progress bar would be noise."""
+    """One log line per epoch, readable in a file where a progress bar would be noise, and
+    within a long epoch a line at least every 30 s: batch, images/s, estimated time left (at
+    most: early stopping may end the run sooner)."""
+
+    def __init__(self, every_s: float | None = None) -> None:
+        self.every_s = every_s
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._progress = ProgressLines(log, self.every_s)
+        self._images = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        self._images += len(batch[0])
+        if not trainer.is_global_zero or not self._progress.due():
+            return
+        per_epoch = trainer.num_training_batches
+        done = trainer.current_epoch * per_epoch + batch_idx + 1
+        total = trainer.max_epochs * per_epoch if trainer.max_epochs > 0 else done
+        elapsed = time.perf_counter() - self._progress.start
+        self._progress.update(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} batch "
+            f"{batch_idx + 1}/{per_epoch}",
+            self._images,
+            left_s=elapsed / done * (total - done),
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs after the epoch's validation, so both train and val metrics are in.
@@ -96,6 +124,7 @@ def build_trainer(
     patience = options.pop("patience")
     bar = progress_bar_wanted(options.pop("progress", "auto"))
     options.pop("channels_last", None)  # applied to the model by train.py, before any wrapping
+    progress_every_s = options.pop("progress_every_s", None)
     ema_decay = options.pop("ema_decay", None)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
@@ -113,7 +142,7 @@ def build_trainer(
     if ema_decay is not None:
         all_callbacks.append(ema_averaging(ema_decay))
     if not bar:
-        all_callbacks.append(EpochSummary())
+        all_callbacks.append(EpochSummary(progress_every_s))
     trainer = pl.Trainer(
         default_root_dir=output_dir,
         logger=logger,

@@ -23,6 +23,8 @@ from sklearn.metrics import (
 
 from fashion_sweeps.evaluation import (
     Predictions,
+    baseline_text,
+    baselines,
     collect_predictions,
     evaluate,
     row_normalised,
@@ -154,6 +156,14 @@ def test_evaluation_files_are_written_with_class_names(tmp_path: Path) -> None:
             assert image.format == "PNG" and min(image.size) > 200
 
 
+def test_baselines_are_a_uniform_guess_and_the_training_majority_class() -> None:
+    train_targets = np.array([0, 1, 1, 1, 2])
+    test_targets = np.array([1, 0, 0, 2])
+    floor = baselines(train_targets, test_targets, classes=4)
+    assert floor == {"chance_acc": 0.25, "majority_acc": 0.25}  # class 1: 1 of 4 test items
+    assert baseline_text(0.729, floor) == "72.9% (chance 25.0%, majority class 25.0%)"
+
+
 def test_collect_predictions_runs_the_model_in_eval_mode_over_every_batch() -> None:
     class Doubler(torch.nn.Module):
         classes = ("a", "b")
@@ -204,6 +214,13 @@ def test_a_run_logs_per_class_artifacts_and_overall_metrics(make_cfg, clothing_r
     table = pd.read_csv(folder / "per_class.csv", index_col="class")
     assert table.loc["Skip", "support"] == 0
     assert table["support"].sum() == int(run.data.params["n_test"])
+    # A useless model's figures beside the model's: 4 classes, and the test share of the class
+    # most frequent in training (ties: the first class in the label map).
+    assert metrics["test_chance_acc"] == 0.25
+    train_counts = json.loads(run.data.params["train_counts_before"])
+    majority = max(table.index, key=lambda c: (train_counts.get(c, 0), -list(table.index).index(c)))
+    share = table.loc[majority, "support"] / table["support"].sum()
+    assert metrics["test_majority_acc"] == pytest.approx(share)
     tail = json.loads((folder / "tail.json").read_text())
     assert tail["not_in_test"] == ["Skip"]
     assert {c["class"] for c in tail["classes"]} == {"Dress", "Pants", "Shoes"}

@@ -22,7 +22,7 @@ from test_sweeps import fashion_sweeps, output
 from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.data.splits import frequency_ranked, label_filter
-from fashion_sweeps.models.backbones import resnet18, resnet50
+from fashion_sweeps.models.backbones import resnet18
 from fashion_sweeps.models.export import (
     BACKBONE_PREFIX,
     ExportError,
@@ -30,6 +30,7 @@ from fashion_sweeps.models.export import (
     export_backbone,
 )
 from fashion_sweeps.models.export import main as export_main
+from fashion_sweeps.models.timm_backbones import efficientnet_lite0
 from fashion_sweeps.sweeps.space import SearchSpace
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
@@ -131,7 +132,7 @@ def test_product_screen_is_the_24_condition_frozen_screen_then_4_full_runs() -> 
     cfg = compose_sweep("experiment=product_screen", "sweep.stage=screen")
     grid = SearchSpace.parse(cfg.hydra.sweeper.params, []).grid()
     assert len(grid) == 24
-    assert {p["backbone"] for p in grid} == {"mobilenet_v2", "vgg16"}
+    assert {p["backbone"] for p in grid} == {"efficientnet_lite0", "efficientnet_lite2"}
     assert {p["head"] for p in grid} == {"fc", "batchnorm"}
     assert {p["optimizer"] for p in grid} == {"adam", "sgd"}
     assert {str(p["optimizer.lr"]) for p in grid} == {"0.1", "0.01", "0.001"}
@@ -168,7 +169,7 @@ def test_product_screen_runs_its_screen_and_full_runs(product_data: Path, tmp_pa
         f"dataset.root={product_data}",
         f"tracking.dir={tmp_path / 'mlruns'}",
         *TINY,
-        "backbone=mobilenet_v2",
+        "backbone=efficientnet_lite0",
         "head=fc,batchnorm",
         "optimizer=adam",
         "optimizer.lr=0.01",
@@ -232,7 +233,7 @@ def test_product_imbalance_top_classes_then_the_rest(
     weights_file = out / "backbone.pth"
     checkpoint = next((out / "checkpoints").glob("best-*.ckpt"))
     trained = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    loaded = resnet50(weights_path=str(weights_file)).state_dict()
+    loaded = efficientnet_lite0(weights_path=str(weights_file)).state_dict()
     for key, value in loaded.items():
         assert torch.equal(value, trained[BACKBONE_PREFIX + key]), key
 

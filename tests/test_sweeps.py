@@ -212,3 +212,38 @@ def test_full_stage_without_a_screen_says_what_to_run_first(workdir):
     assert result.returncode != 0
     assert "No finished screen named 'none/screen'" in result.stderr
     assert "fashion-sweeps screen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stage_says_which_condition_of_how_many_and_the_time_left(swept):
+    lines = [line for line in output(swept).splitlines() if "condition " in line and "/6:" in line]
+    assert any("condition 1/6: mlp/" in line for line in lines)
+    assert any("condition 6/6: mlp/" in line and "left)" in line for line in lines)
+
+
+def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workdir, swept):
+    """Screen cheaply, then fine-tune the best: `sweep.full.freeze` and `sweep.full.lr_scale`."""
+    args = [a for a in common_args(workdir) if a != "sweep.name=t"]
+    fashion_sweeps(
+        workdir,
+        "full",
+        *args,
+        *GRID,
+        "sweep.name=t_tuned",
+        "sweep.full.screen_study=t/screen",
+        "sweep.full.top_k=2",
+        "sweep.full.freeze=0",
+        "sweep.full.lr_scale=0.1",
+    )
+    screened = {t.user_attrs["condition"]: t.value for t in study(workdir, "screen").trials}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("clothing")
+    tuned = client.search_runs([experiment.experiment_id], "tags.sweep = 't_tuned'")
+    kids = [r for r in tuned if r.data.tags.get("run_kind") != "stage"]
+    assert len(kids) == 2
+    best_two = sorted((v, k) for k, v in screened.items() if v is not None)[:2]
+    expected = set()
+    for _, key in best_two:
+        backbone, head, optimizer, lr = key.split("/")
+        expected.add(f"{backbone}/{head}/{optimizer}/{float(lr) * 0.1:g}/backbone.freeze=0")
+    assert {r.info.run_name for r in kids} == expected
+    assert {r.data.params["backbone.freeze"] for r in kids} == {"0"}

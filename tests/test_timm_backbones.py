@@ -145,3 +145,15 @@ def _node(name: str, **extra):
 
 def _head():
     return OmegaConf.create({"_target_": "fashion_sweeps.models.heads.fc"})
+
+
+def test_lite_weights_path_takes_an_exported_backbone(tmp_path: Path) -> None:
+    """`fashion-sweeps export-backbone` writes the Backbone's own state dict (product_imbalance's
+    second stage starts from it)."""
+    trained = timm_backbones.efficientnet_lite0()
+    with torch.no_grad():
+        trained.blocks[0][0].weight.add_(1.0)
+    torch.save(trained.state_dict(), tmp_path / "backbone.pth")
+    loaded = timm_backbones.efficientnet_lite0(weights_path=str(tmp_path / "backbone.pth"))
+    assert torch.equal(loaded.blocks[0][0].weight, trained.blocks[0][0].weight)
+    assert loaded.weights_info == timm_backbones.LITE_WEIGHTS[0]

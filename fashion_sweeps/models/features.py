@@ -25,6 +25,7 @@ import torch
 from fashion_sweeps.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.models.classifier import Classifier
+from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,14 @@ def pooled_features(model: Classifier, pixels: np.ndarray, batch_size: int) -> n
     model.eval()
     try:
         out = np.empty((len(pixels), model.backbone.out_features), dtype=np.float32)
+        progress = ProgressLines(log)
         for start in range(0, len(pixels), batch_size):
             batch = np.ascontiguousarray(pixels[start : start + batch_size])
             x = torch.from_numpy(batch).permute(0, 3, 1, 2)
             out[start : start + len(x)] = model.backbone(model.preprocess(x)).float().numpy()
+            done = start + len(x)
+            left = (time.perf_counter() - progress.start) / done * (len(pixels) - done)
+            progress.update(f"Frozen features: {done}/{len(pixels)} images", done, left)
     finally:
         model.train(was_training)
     return out

@@ -89,14 +89,16 @@ def _efficientnet_lite(
     version: int, pretrained: bool, weights_path: str | None, freeze: bool | int
 ) -> Backbone:
     model = timm.create_model(f"tf_efficientnet_lite{version}", pretrained=False, num_classes=0)
-    info = None
-    if weights_path or pretrained:
-        state = load_state_dict_file(weights_path or lite_weights_file(version))
-        model.load_state_dict(to_timm_names(state, model))
-        info = LITE_WEIGHTS[version]
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     backbone = Backbone(_lite_blocks(model), pool, model.num_features, in_channels=3)
-    return backbone.finish(freeze, info)
+    if not (weights_path or pretrained):
+        return backbone.finish(freeze)
+    state = load_state_dict_file(weights_path or lite_weights_file(version))
+    if set(state) == set(backbone.state_dict()):  # `fashion-sweeps export-backbone`'s file
+        backbone.load_state_dict(state)
+    else:
+        model.load_state_dict(to_timm_names(state, model))
+    return backbone.finish(freeze, LITE_WEIGHTS[version])
 
 
 def efficientnet_lite0(

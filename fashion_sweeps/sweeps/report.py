@@ -27,6 +27,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps.evaluation import BASELINES, baseline_text
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
 from fashion_sweeps.sweeps.tables import comparison_table, ranking_table, to_markdown
 from fashion_sweeps.tracking.model_logging import CHAMPION, DEFAULT_REGISTERED_NAME, register
@@ -204,12 +205,13 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
 
 
 def best_model_section(client: MlflowClient, run: Run, stage: str, registered: str) -> Section:
-    tags = run.data.tags
+    tags, metrics = run.data.tags, run.data.metrics
+    floor = {k: metrics[f"test_{k}"] for k in BASELINES if f"test_{k}" in metrics}
     text = (
         f"{tags.get('condition', run.info.run_name)} (the {stage} run with the lowest "
-        f"val_loss, {run.data.metrics['best_val_loss']:.4f}; test accuracy "
-        f"{run.data.metrics.get('test_acc', math.nan):.4f}, weighted F1 "
-        f"{run.data.metrics.get('test_f1_weighted', math.nan):.4f}). MLflow run "
+        f"val_loss, {metrics['best_val_loss']:.4f}; test accuracy "
+        f"{baseline_text(metrics.get('test_acc', math.nan), floor)}, weighted F1 "
+        f"{metrics.get('test_f1_weighted', math.nan):.4f}). MLflow run "
         f"{run.info.run_id}."
     )
     if registered:

@@ -35,6 +35,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
+from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.sweeps import stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import GRID_SAMPLER, SearchSpace, override_lines, params_id, quoted
@@ -233,7 +234,26 @@ class StagesSweeper(Sweeper):
             )
         self.winners = top_k(screen, int(settings.full.top_k))
         done = done_ids(study)
-        return [w.params for w in self.winners if params_id(w.params) not in done]
+        runs = [self._full_params(w.params, space.fixed, settings.full) for w in self.winners]
+        return [p for p in runs if params_id(p) not in done]
+
+    def _full_params(
+        self, params: dict[str, Any], fixed: list[str], full: DictConfig
+    ) -> dict[str, Any]:
+        """A winner's overrides for its full run: as screened, or fine-tuned when
+        `sweep.full.freeze` is set (false: every block, N: all but the N leading blocks) with
+        its learning rate times `sweep.full.lr_scale`."""
+        params = dict(params)
+        freeze = full.get("freeze")
+        if freeze is not None:
+            params["backbone.freeze"] = str(freeze).lower()
+        scale = float(full.get("lr_scale") or 1.0)
+        if scale != 1.0:
+            cfg = self.hydra_context.config_loader.load_sweep_config(
+                self.config, [*fixed, *override_lines(params)]
+            )
+            params["optimizer.lr"] = f"{float(cfg.optimizer.lr) * scale:.6g}"
+        return params
 
     # -- running ----------------------------------------------------------------------------
 
@@ -370,6 +390,7 @@ class StagesSweeper(Sweeper):
         """Launch the jobs in batches of `n_jobs`; record each outcome; return how many crashed."""
         total = todo if isinstance(todo, int) else len(todo)
         planned = launched = crashed = 0
+        began = time.perf_counter()
         while planned < total:
             size = min(self.n_jobs, total - planned)
             batch = size if isinstance(todo, int) else todo[planned : planned + size]
@@ -377,6 +398,8 @@ class StagesSweeper(Sweeper):
             jobs = self._jobs(study, space, batch, fixed)
             if not jobs:
                 continue
+            conditions = [job.condition for job in jobs]
+            log.info(stage_progress(launched, total, conditions, time.perf_counter() - began))
             overrides = [
                 [
                     *(line for line in fixed if line.split("=", 1)[0] not in job.params),

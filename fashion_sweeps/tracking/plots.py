@@ -85,9 +85,11 @@ def gallery_figure(
     probabilities: np.ndarray,
     classes: Sequence[str],
     columns: int = 5,
+    accuracy: str = "",
 ) -> Figure:
     """Images (N, H, W, C) uint8 with their predicted and actual labels: green titles when right,
-    red when wrong, with the predicted class's probability."""
+    red when wrong, with the predicted class's probability; `accuracy`, the model's test
+    accuracy beside its baselines, in the title."""
     n = len(images)
     rows = max(1, math.ceil(n / columns))
     fig = Figure(figsize=(2.4 * columns, 2.7 * rows))
@@ -105,7 +107,9 @@ def gallery_figure(
             color=RIGHT if pred == target else WRONG,
             fontsize=9,
         )
-    fig.suptitle("Predicted vs actual (test set)")
+    fig.suptitle(
+        "Predicted vs actual (test set)" + (f": test accuracy {accuracy}" if accuracy else "")
+    )
     return fig
 
 
@@ -180,12 +184,17 @@ def log_gallery(
     classes: Sequence[str],
     count: int = 10,
     seed: int = 0,
+    accuracy: str = "",
 ) -> None:
     """Log `count` seeded random test images with predicted and actual labels as a PNG."""
     if len(images) == 0:
         return
     pick = gallery_indices(len(images), count, seed)
     figure = gallery_figure(
-        images[pick], np.asarray(targets)[pick], np.asarray(probabilities)[pick], classes
+        images[pick],
+        np.asarray(targets)[pick],
+        np.asarray(probabilities)[pick],
+        classes,
+        accuracy=accuracy,
     )
     run.client.log_figure(run.run_id, figure, GALLERY_FILE, save_kwargs={"bbox_inches": "tight"})

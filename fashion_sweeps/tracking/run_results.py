@@ -38,10 +38,12 @@ def log_run_results(
     predictions: Predictions,
     tracking: DictConfig,
     seed: int,
+    accuracy: str = "",
 ) -> None:
     """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images`:
     (N, H, W, C) uint8, in the order of `predictions`), and, when `tracking.log_model`, the
-    model with two test images as input example."""
+    model with two test images as input example. `accuracy`: the test accuracy beside its
+    baselines, for the gallery's title."""
     _attempt(run, "learning_curves", lambda: log_learning_curves(run))
     _attempt(
         run,
@@ -54,6 +56,7 @@ def log_run_results(
             predictions.classes,
             count=tracking.get("gallery_size", 10),
             seed=seed,
+            accuracy=accuracy,
         ),
     )
     if tracking.get("log_model", True):

@@ -1,0 +1,57 @@
+"""Long work is never silent: progress lines where output is not a terminal."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from fashion_sweeps import progress
+from fashion_sweeps.models.classifier import Classifier, Preprocess
+from fashion_sweeps.models.features import pooled_features
+from fashion_sweeps.models.timm_backbones import efficientnet_lite0
+from fashion_sweeps.progress import duration, stage_progress
+from fashion_sweeps.train import train
+
+
+def test_a_run_writes_batch_lines_with_rate_and_time_left(make_cfg, clothing_root, caplog):
+    cfg = make_cfg(
+        "dataset=clothing",
+        f"dataset.root={clothing_root}",
+        "dataset.image_size=16",
+        "dataset.batch_size=4",
+        "backbone=mlp",
+        "trainer.max_epochs=2",
+        "trainer.progress_every_s=0",  # every batch, where a real run waits 30 s
+        "tracking.log_model=false",
+    )
+    with caplog.at_level(logging.INFO, logger="fashion_sweeps.trainer"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if " batch " in r.getMessage()]
+    assert lines[0].startswith("epoch 1/2 batch 1/")
+    assert lines[-1].startswith("epoch 2/2 batch ")
+    assert all("images/s" in line and "left" in line for line in lines)
+    assert lines[-1].endswith("~0s left")
+
+
+def test_frozen_features_report_their_progress(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
+    backbone = efficientnet_lite0(freeze=True)
+    model = Classifier(Preprocess(3, [0.5] * 3, [0.5] * 3), backbone, torch.nn.Identity(), "ab", 32)
+    pixels = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    with caplog.at_level(logging.INFO, logger="fashion_sweeps.models.features"):
+        pooled_features(model, pixels, batch_size=2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [
+        "Frozen features: 2/5 images",
+        "Frozen features: 4/5 images",
+        "Frozen features: 5/5 images",
+    ]
+
+
+def test_stage_progress_extrapolates_the_finished_conditions() -> None:
+    assert stage_progress(0, 24, ["a/fc/adam/0.1"], 0.0) == "condition 1/24: a/fc/adam/0.1"
+    line = stage_progress(4, 24, ["x", "y"], 40.0)
+    assert line == "conditions 5-6/24: x, y (stage ~3m20s left)"
+    assert duration(3725) == "1h02m"
