@@ -6,13 +6,15 @@ FS     := $(BIN)/fashion-sweeps
 
 # Data for the sweep targets: `make sweep DATASET=clothing ROOT=../shared/data/clothing`, or a
 # recipe (conf/experiment/), which names its data set: `make sweep EXPERIMENT=product_screen ROOT=...`.
-# DATASET empty: the recipe's data set, else conf/config.yaml's (fashion_mnist). A DATASET given
-# on the command line wins over the recipe's.
+# With neither, `make sweep|screen|full` run the clothing_screen recipe (a frozen ImageNet
+# screen on the clothing photos: ROOT=../shared/data/clothing). A DATASET given on the command
+# line wins over the recipe's.
 DATASET ?=
 ROOT    ?=
 EXPERIMENT ?=
 ARGS    ?=
 DATA_ARGS = $(if $(DATASET),dataset=$(DATASET)) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
+SWEEP_ARGS = $(DATA_ARGS) $(if $(DATASET)$(EXPERIMENT),,experiment=clothing_screen)
 
 .PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui server clean
 
@@ -46,14 +48,14 @@ demo:  ## an offline transfer screen (frozen ImageNet EfficientNet-Lite0) and it
 	$(FS) sweep sweep=demo $(ARGS)
 	$(FS) report
 
-screen:  ## the 24-condition screen, resumable: make screen DATASET=clothing ROOT=... ARGS="..."
-	$(FS) screen $(DATA_ARGS) $(ARGS)
+screen:  ## the 24-condition screen, resumable: make screen ROOT=... ARGS="..."
+	$(FS) screen $(SWEEP_ARGS) $(ARGS)
 
 full:  ## full runs of the screen's top 4 (10 epochs, early stopping, tested)
-	$(FS) full $(DATA_ARGS) $(ARGS)
+	$(FS) full $(SWEEP_ARGS) $(ARGS)
 
-sweep:  ## screen, then full runs of its winners; prints both tables, writes the report
-	$(FS) sweep $(DATA_ARGS) $(ARGS)
+sweep:  ## screen, then full runs of its winners (default: clothing_screen, ROOT=...); tables, report
+	$(FS) sweep $(SWEEP_ARGS) $(ARGS)
 	$(FS) report
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)

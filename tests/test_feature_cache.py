@@ -14,13 +14,14 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule
-from fashion_sweeps.models.classifier import classifier_for
+from fashion_sweeps.models.classifier import Classifier, Preprocess, classifier_for
 from fashion_sweeps.models.features import (
     FeatureCacheError,
     apply_feature_cache,
     features_key,
     pooled_features,
 )
+from fashion_sweeps.models.timm_backbones import efficientnet_lite0
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 from fashion_sweeps.trial_clock import TrialClock
@@ -160,3 +161,20 @@ def test_used_only_where_it_changes_nothing(
     assert data.features is None
     with pytest.raises(FeatureCacheError, match=r"cache\.features=true needs"):
         apply_feature_cache(True, tmp_path, model, data)
+
+
+def test_key_of_a_pretrained_backbone_follows_its_weights(tmp_path: Path) -> None:
+    """ImageNet Lite0 features are shared across seeds, but not with other weights for it."""
+
+    def model(**options) -> Classifier:
+        torch.manual_seed(len(options))  # different seeds: only the weights should matter
+        backbone = efficientnet_lite0(freeze=True, **options)
+        return Classifier(Preprocess(3, [0.5] * 3, [0.5] * 3), backbone, nn.Identity(), "ab", 32)
+
+    key = features_key(model(), "data")
+    assert features_key(model(pretrained=True), "data") == key
+    assert features_key(model(pretrained=False), "data") != key
+    tuned = efficientnet_lite0().state_dict()
+    tuned["blocks.8.0.weight"] = tuned["blocks.8.0.weight"] * 1.01
+    torch.save(tuned, tmp_path / "tuned.pth")
+    assert features_key(model(weights_path=str(tmp_path / "tuned.pth")), "data") != key

@@ -6,8 +6,10 @@ import logging
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fashion_sweeps import progress
+from fashion_sweeps.data.decode import decode_files
 from fashion_sweeps.models.classifier import Classifier, Preprocess
 from fashion_sweeps.models.features import pooled_features
 from fashion_sweeps.models.timm_backbones import efficientnet_lite0
@@ -55,3 +57,15 @@ def test_stage_progress_extrapolates_the_finished_conditions() -> None:
     line = stage_progress(4, 24, ["x", "y"], 40.0)
     assert line == "conditions 5-6/24: x, y (stage ~3m20s left)"
     assert duration(3725) == "1h02m"
+
+
+def test_decoding_images_reports_its_progress(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
+    paths = []
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    with caplog.at_level(logging.INFO, logger="fashion_sweeps.data.decode"):
+        pixels, _ = decode_files(paths, 4, workers=1)
+    assert pixels.shape == (3, 4, 4, 3)
+    assert caplog.records[-1].getMessage().startswith("Decoding images: 3/3, ")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,17 @@ def _decode_chunk(args: tuple[list[Path], int, str]) -> list[np.ndarray | str]:
     return out
 
 
+def _gather(parts: Iterable[list[np.ndarray | str]], total: int) -> list[np.ndarray | str]:
+    """The decoded chunks in order, with a progress line every 30 s of a long decode."""
+    progress = ProgressLines(log)
+    results: list[np.ndarray | str] = []
+    for part in parts:
+        results += part
+        left = (time.perf_counter() - progress.start) / len(results) * (total - len(results))
+        progress.update(f"Decoding images: {len(results)}/{total}", len(results), left)
+    return results
+
+
 def decode_files(
     paths: list[Path], size: int, mode: str = "RGB", workers: int | None = None
 ) -> tuple[np.ndarray, list[str | None]]:
@@ -54,9 +69,9 @@ def decode_files(
     jobs = [(paths[i : i + chunk], size, mode) for i in range(0, len(paths), chunk)]
     if workers > 1 and len(paths) >= PARALLEL_MIN_IMAGES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = [r for part in pool.map(_decode_chunk, jobs) for r in part]
+            results = _gather(pool.map(_decode_chunk, jobs), len(paths))
     else:
-        results = [r for job in jobs for r in _decode_chunk(job)]
+        results = _gather(map(_decode_chunk, jobs), len(paths))
     arrays = [r for r in results if not isinstance(r, str)]
     reasons = [r if isinstance(r, str) else None for r in results]
     channels = 1 if mode == "L" else 3

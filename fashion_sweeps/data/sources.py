@@ -61,7 +61,8 @@ def _require_dir(root: Path, what: str, how: str) -> Path:
     if not root.is_dir():
         raise DataError(
             f"The {what} data folder {str(root.resolve())!r} does not exist. {how} "
-            f"Point the run at it with `dataset.root=/path/to/{what}`."
+            f"Point the run at it with `dataset.root=/path/to/{what}` (`make sweep ROOT=...`); "
+            "without data, `make demo` runs offline on the bundled sample."
         )
     return root
 
