@@ -5,6 +5,7 @@ so a run is never silent for minutes."""
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 
 PROGRESS_EVERY_S = 30.0
@@ -43,10 +44,14 @@ class ProgressLines:
         self.log.info("%s, %.1f images/s%s", what, rate, left)
 
 
-def stage_progress(done: int, total: int, conditions: list[str], elapsed_s: float) -> str:
+def stage_progress(done: int, total: int, conditions: list[str], seconds: list[float]) -> str:
     """`condition 3/24: <key> (stage ~5m10s left)`: the line a sweep stage writes before each
-    launch; the time left extrapolates the mean of the conditions this invocation finished."""
+    launch. `seconds`: what each condition this invocation finished took; their median, not
+    their mean, extrapolates, since a condition that computes a backbone's features once takes
+    minutes where the others take seconds."""
     first, last = done + 1, done + len(conditions)
     which = f"condition {first}/{total}" if first == last else f"conditions {first}-{last}/{total}"
-    left = f" (stage ~{duration(elapsed_s / done * (total - done))} left)" if done else ""
-    return f"{which}: {', '.join(conditions)}{left}"
+    if not seconds:
+        return f"{which}: {', '.join(conditions)}"
+    left = statistics.median(seconds) * (total - done)
+    return f"{which}: {', '.join(conditions)} (stage ~{duration(left)} left)"

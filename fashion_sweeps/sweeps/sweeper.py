@@ -390,7 +390,7 @@ class StagesSweeper(Sweeper):
         """Launch the jobs in batches of `n_jobs`; record each outcome; return how many crashed."""
         total = todo if isinstance(todo, int) else len(todo)
         planned = launched = crashed = 0
-        began = time.perf_counter()
+        seconds: list[float] = []  # per condition launched by this invocation
         while planned < total:
             size = min(self.n_jobs, total - planned)
             batch = size if isinstance(todo, int) else todo[planned : planned + size]
@@ -399,7 +399,8 @@ class StagesSweeper(Sweeper):
             if not jobs:
                 continue
             conditions = [job.condition for job in jobs]
-            log.info(stage_progress(launched, total, conditions, time.perf_counter() - began))
+            log.info(stage_progress(launched, total, conditions, seconds))
+            began = time.perf_counter()
             overrides = [
                 [
                     *(line for line in fixed if line.split("=", 1)[0] not in job.params),
@@ -417,6 +418,7 @@ class StagesSweeper(Sweeper):
                     finish_trial(study, job.trial, "abandoned", None)
                 raise
             self.job_idx += len(returns)
+            seconds += [(time.perf_counter() - began) / len(returns)] * len(returns)
             failures = []
             for job, ret in zip(jobs, returns, strict=True):
                 launched += 1
