@@ -125,8 +125,11 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
     the run's `model_uri` tag."""
     model = model.cpu().eval()
     pins = requirements()
-    # mlflow's fluent logging reads the global tracking URI; our runs carry their own.
+    # mlflow's fluent logging reads the global tracking URI and experiment; our runs carry their
+    # own. Without the experiment the logged model lands in the Default one (id 0): absent from
+    # the run's Models tab, unreachable as `runs:/<id>/model`, its files beside experiment 0.
     mlflow.set_tracking_uri(run.uri)
+    mlflow.set_experiment(experiment_id=run.experiment_id)
     # Logging validates the input example by loading the model: no download bars in run logs.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,11 +176,6 @@ def register(
             "`tracking.log_model=false`, failed, or predates model logging. Train it again with "
             "model logging on, or register another run."
         )
-    try:
-        client.create_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
     # Registering the same model again (a report run twice) reuses its version.
     same = [
         v
@@ -187,8 +185,11 @@ def register(
     if same:
         version_ = max(same, key=lambda v: int(v.version))
     else:
-        model_id = model_uri.removeprefix("models:/")
-        version_ = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+        # The fluent call, unlike the client's, also links the logged model to its version (the
+        # model's page then names it); it reads the global URIs.
+        mlflow.set_tracking_uri(client.tracking_uri)
+        mlflow.set_registry_uri(client.tracking_uri)
+        version_ = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, str(version_.version))
     log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
     return f"models:/{name}@{alias}"
