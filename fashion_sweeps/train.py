@@ -184,6 +184,9 @@ def _fit_and_test(
         best_path = checkpoint.best_model_path
         best_val_loss = float(checkpoint.best_model_score)
         best_epoch = _epoch_of(best_path)
+    # The test metrics are logged once, below, beside the evaluation's: Lightning's logger would
+    # log them a second time (float32, at the last step).
+    trainer.loggers = []
     trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)
     if not is_rank_zero():
         return best_val_loss  # the rest is rank 0's: evaluation and logging
@@ -230,9 +233,10 @@ def _fit_and_test(
 
 
 def _epoch_of(checkpoint_path: str) -> int:
-    """The epoch in a `best-epoch=N.ckpt` file name (0-based, as Lightning counts)."""
+    """The epoch of a `best-epoch=N.ckpt` file, counted from 1 like `epochs_run` (Lightning's N
+    counts from 0): `best_epoch` 3 of `epochs_run` 5 is the third epoch. 0: none (kNN)."""
     stem = Path(checkpoint_path).stem
-    return int(stem.split("epoch=")[-1].split("-")[0]) if "epoch=" in stem else -1
+    return int(stem.split("epoch=")[-1].split("-")[0]) + 1 if "epoch=" in stem else 0
 
 
 # Errors whose message says what is wrong and what to do: a single run prints just that.

@@ -195,3 +195,26 @@ def test_ema_decay_outside_zero_one_is_refused(make_cfg, clothing_root) -> None:
     cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "trainer.ema_decay=1.5")
     with pytest.raises(ValueError, match="ema_decay"):
         train(cfg)
+
+
+def test_test_metrics_are_logged_once_and_best_epoch_counts_from_one(
+    make_cfg, clothing_root
+) -> None:
+    """One value per test metric (not Lightning's float32 and the evaluation's float64), and
+    `best_epoch` numbered like `epochs_run` in MLflow, the log and the tables alike."""
+    from fashion_sweeps.sweeps.tables import comparison_table
+
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", *TINY)
+    train(cfg)
+    client, run = only_run(cfg)
+    tested = [k for k in run.data.metrics if k.startswith("test_")]
+    assert {"test_loss", "test_acc", "test_f1_weighted"} <= set(tested)
+    for key in tested:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+
+    (best,) = (Path(cfg.output_dir) / "checkpoints").glob("best-*.ckpt")
+    lightning_epoch = int(best.stem.split("epoch=")[1].split("-")[0])  # Lightning counts from 0
+    assert run.data.metrics["best_epoch"] == lightning_epoch + 1
+    assert 1 <= run.data.metrics["best_epoch"] <= run.data.metrics["epochs_run"]
+    table = comparison_table(client, [run])
+    assert table.loc[0, "best_epoch"] == run.data.metrics["best_epoch"]
