@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-from fashion_sweeps.sweeps.sweeper import register
-
 STAGES = ("screen", "full")
 # Launchers that run several trials at once on this machine.
 LOCAL_PARALLEL_LAUNCHERS = ("joblib", "submitit_local")
@@ -36,7 +34,6 @@ def stage_argv(stage: str, args: list[str]) -> list[str]:
 def run_stage(stage: str, args: list[str]) -> None:
     from fashion_sweeps.train import main as train_app
 
-    register()
     share_cores(args)
     program = sys.argv[0] if sys.argv else "fashion-sweeps"
     sys.argv = [program, *stage_argv(stage, args)]

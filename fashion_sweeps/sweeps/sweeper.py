@@ -1,4 +1,5 @@
-"""`hydra/sweeper=stages`: the Optuna sweeper, resumable, running one stage of a sweep.
+"""`hydra/sweeper=stages`: the Optuna sweeper, resumable, running one stage of a sweep (the Hydra
+plugin, `hydra_plugins/fashion_sweeps_stages/`, hands its work to `StageSweep`).
 
 The stock Optuna sweeper plugin asks `n_trials` new trials on every invocation, so a rerun of a
 grid trains it all again, and it stores a diverged (NaN) run and a crashed one alike. This sweeper
@@ -24,14 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
-from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
@@ -89,29 +87,16 @@ def warn_if_settings_changed(study: optuna.Study, fixed: list[str]) -> None:
 
 
 @dataclass
-class StagesSweeperConf(OptunaSweeperConf):
-    _target_: str = "fashion_sweeps.sweeps.sweeper.StagesSweeper"
-    n_jobs: int = 1  # the basic launcher runs jobs one after another anyway
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="stages", node=StagesSweeperConf, provider="fashion_sweeps"
-)
-
-
-def register() -> None:
-    """Make the sweeper known to Hydra (plugins outside `hydra_plugins` must be registered)."""
-    Plugins.instance().register(StagesSweeper)
-
-
-@dataclass
 class Job:
     params: dict[str, Any]
     condition: str
     trial: optuna.trial.Trial | None = None
 
 
-class StagesSweeper(Sweeper):
+class StageSweep:
+    """The work of `hydra/sweeper=stages` (the plugin class in `hydra_plugins.fashion_sweeps_stages`
+    delegates to it): plan one stage from the study, launch its jobs, record their outcomes."""
+
     def __init__(
         self,
         sampler: Any,
