@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from fashion_sweeps.sweeps.space import params_id
@@ -20,6 +21,8 @@ class Winner:
     params: dict[str, Any]
     condition: str
     val_loss: float
+    # The screen's Optuna distributions of its params: the full study records them alike.
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
 
 
 def top_k(screen: optuna.Study, k: int) -> list[Winner]:
@@ -35,7 +38,7 @@ def top_k(screen: optuna.Study, k: int) -> list[Winner]:
         key = params_id(params)
         if key not in best:
             condition = trial.user_attrs.get(CONDITION, key)
-            best[key] = Winner(params, condition, float(trial.value))
+            best[key] = Winner(params, condition, float(trial.value), dict(trial.distributions))
     winners = list(best.values())[:k]
     if len(winners) < k:
         log.warning(

@@ -36,7 +36,14 @@ from fashion_sweeps.config import condition_key
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.sweeps import stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
-from fashion_sweeps.sweeps.space import GRID_SAMPLER, SearchSpace, override_lines, params_id, quoted
+from fashion_sweeps.sweeps.space import (
+    GRID_SAMPLER,
+    SearchSpace,
+    override_lines,
+    params_id,
+    quoted,
+    suggest,
+)
 from fashion_sweeps.sweeps.study import (
     done_ids,
     finish_trial,
@@ -258,9 +265,12 @@ class StageSweep:
         self.winners = []
         if settings.stage == "screen":
             todo, planned = self._screen_plan(study, space)
+            self.distributions = space.grid_distributions() if self._is_grid() else {}
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
+            # The winners' values under the screen's distributions: one value space per sweep.
+            self.distributions = {k: d for w in self.winners for k, d in w.distributions.items()}
         return settings, space, study, todo, planned
 
     def sweep(self, arguments: list[str]) -> None:
@@ -339,7 +349,7 @@ class StageSweep:
             for _ in range(batch):
                 trial = study.ask()
                 try:
-                    params = {k: trial._suggest(k, d) for k, d in space.distributions.items()}
+                    params = {k: suggest(trial, k, d) for k, d in space.distributions.items()}
                 except ValueError as err:
                     finish_trial(study, trial, "crashed", None)
                     raise SweepError(
@@ -360,7 +370,7 @@ class StageSweep:
             return jobs
         jobs = [Job(p, self._condition(p, fixed)) for p in batch]
         for job in jobs:
-            job.trial = workers.claim(study, job.params, job.condition)
+            job.trial = workers.claim(study, job.params, job.condition, self.distributions)
         # A condition another worker trains, or finished meanwhile, is left to it.
         return [job for job in jobs if job.trial is not None]
 
