@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.model_logging import log_classifier, register
@@ -66,14 +67,21 @@ def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun) -> 
     np.testing.assert_allclose(out["probability"], expected.max(axis=1), rtol=1e-5)
 
 
-def test_signature_asks_for_uint8_images_at_the_model_size(run: TrackedRun) -> None:
+def test_images_at_other_sizes_are_resized_as_predict_does(run: TrackedRun) -> None:
+    """A client (`make serve`) may send photos at any size: the model resizes them to its own,
+    as `fashion-sweeps predict` does; the signature says uint8 (N, C, H, W)."""
     uri = log_classifier(run, tiny_module(channels=1, size=16).model, images(2, channels=1))
     model = mlflow.pyfunc.load_model(uri)
     spec = model.metadata.get_input_schema().inputs[0]
     assert spec.type == np.dtype(np.uint8)
-    assert spec.shape == (-1, 1, 16, 16)
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        model.predict(images(2, channels=1, size=20))  # wrong size: refused, not mis-predicted
+    assert spec.shape == (-1, 1, -1, -1)
+    assert model.metadata.metadata["image_size"] == 16
+
+    large = images(2, channels=1, size=40)
+    resized = resize_pixels(large.transpose(0, 2, 3, 1), 16).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(
+        model.predict(large)[CLASSES].to_numpy(), model.predict(resized)[CLASSES].to_numpy()
+    )
 
 
 def test_register_and_load_by_alias(run: TrackedRun) -> None:

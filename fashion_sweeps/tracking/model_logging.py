@@ -26,6 +26,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
+from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.runs import TrackedRun
 
@@ -52,8 +53,9 @@ for _name in ("mlflow.pytorch", "mlflow.pyfunc"):
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """uint8 images (N, C, H, W) at the model's image size in; per image a row with the predicted
-    `label`, its `probability`, and one probability column per class name."""
+    """uint8 images (N, C, H, W) in, at any size (resized to the model's, as `fashion-sweeps
+    predict` does); per image a row with the predicted `label`, its `probability`, and one
+    probability column per class name."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model: Classifier = mlflow.pytorch.load_model(
@@ -67,8 +69,17 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        probs = predict_probabilities(self.model, np.asarray(model_input))
+        images = at_size(np.asarray(model_input), self.model.image_size)
+        probs = predict_probabilities(self.model, images)
         return probability_frame(probs, self.model.classes)
+
+
+def at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) uint8 images resized to (N, C, size, size) the way training and `predict`
+    resize (bicubic, antialiased); images at the size already are returned as they are."""
+    if images.shape[2:] == (size, size):
+        return images
+    return resize_pixels(images.transpose(0, 2, 3, 1), size).transpose(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -97,8 +108,8 @@ def signature(model: Classifier, channels: int) -> ModelSignature:
             f"Class name(s) {clashes} clash with the model's output columns {OUTPUT_COLUMNS}: "
             "rename those classes in the data set (e.g. with a label map) before training."
         )
-    size = model.image_size
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, size, size))])
+    # Any height and width: the pyfunc resizes (the model's own size is in its metadata).
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, -1, -1))])
     outputs = Schema(
         [ColSpec("string", "label"), ColSpec("double", "probability")]
         + [ColSpec("double", name) for name in model.classes]
@@ -147,6 +158,7 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
             signature=signature(model, example.shape[1]),
             input_example=np.ascontiguousarray(example, dtype=np.uint8),
             pip_requirements=pins,
+            metadata={"image_size": int(model.image_size), "channels": int(example.shape[1])},
         )
     run.set_tags({MODEL_URI_TAG: info.model_uri})
     log.info("Logged the model of run %s as %s", run.run_id, info.model_uri)
@@ -186,9 +198,10 @@ def register(
         version_ = max(same, key=lambda v: int(v.version))
     else:
         # The fluent call, unlike the client's, also links the logged model to its version (the
-        # model's page then names it); it reads the global URIs.
+        # model's page then names it). It reads the global tracking URI; the registry follows it
+        # unless set apart (only `store.store_uri` sets it, to the same store). Setting the
+        # registry here would leak into every later client of another store in this process.
         mlflow.set_tracking_uri(client.tracking_uri)
-        mlflow.set_registry_uri(client.tracking_uri)
         version_ = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, str(version_.version))
     log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
