@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from fashion_sweeps.sweeps.space import params_id
@@ -21,8 +20,6 @@ class Winner:
     params: dict[str, Any]
     condition: str
     val_loss: float
-    # The screen's Optuna distributions of its params: the full study records them alike.
-    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
 
 
 def top_k(screen: optuna.Study, k: int) -> list[Winner]:
@@ -38,7 +35,7 @@ def top_k(screen: optuna.Study, k: int) -> list[Winner]:
         key = params_id(params)
         if key not in best:
             condition = trial.user_attrs.get(CONDITION, key)
-            best[key] = Winner(params, condition, float(trial.value), dict(trial.distributions))
+            best[key] = Winner(params, condition, float(trial.value))
     winners = list(best.values())[:k]
     if len(winners) < k:
         log.warning(

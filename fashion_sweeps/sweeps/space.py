@@ -69,9 +69,7 @@ class SearchSpace:
     def grid_distributions(self) -> dict[str, CategoricalDistribution]:
         """How a grid's points are recorded as Optuna trial params: each key categorical over
         its values (what `optuna.importance` and optuna-dashboard read)."""
-        return {
-            key: CategoricalDistribution(values) for key, values in self._grid_choices().items()
-        }
+        return categorical_space(self.grid())
 
     def _grid_choices(self) -> dict[str, list[Any]]:
         choices = {}
@@ -100,6 +98,16 @@ def params_id(params: Mapping[str, Any]) -> str:
 def quoted(value: str) -> str:
     """A string as a quoted Hydra override value (keeps `/`, `=`, `,` literal)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def categorical_space(points: Iterable[Mapping[str, Any]]) -> dict[str, CategoricalDistribution]:
+    """Each key of `points` categorical over its values there, in first-seen order."""
+    values: dict[str, list[Any]] = {}
+    for point in points:
+        for key, value in point.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {key: CategoricalDistribution(choices) for key, choices in values.items()}
 
 
 def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:

@@ -39,6 +39,7 @@ from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import (
     GRID_SAMPLER,
     SearchSpace,
+    categorical_space,
     override_lines,
     params_id,
     quoted,
@@ -227,6 +228,8 @@ class StageSweep:
         self.winners = top_k(screen, int(settings.full.top_k))
         done = done_ids(study)
         runs = [self._full_params(w.params, space.fixed, settings.full) for w in self.winners]
+        # The full study's value space: what its winners train (a fine-tuned stage changes lr).
+        self.distributions = categorical_space(runs)
         return [p for p in runs if params_id(p) not in done]
 
     def _full_params(
@@ -269,8 +272,6 @@ class StageSweep:
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
-            # The winners' values under the screen's distributions: one value space per sweep.
-            self.distributions = {k: d for w in self.winners for k, d in w.distributions.items()}
         return settings, space, study, todo, planned
 
     def sweep(self, arguments: list[str]) -> None:
