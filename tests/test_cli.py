@@ -17,7 +17,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [sys.executable, "-m", "fashion_sweeps.cli", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded shared machine takes minutes to import torch
         env={**os.environ, **(env or {})},
     )
 
@@ -69,6 +69,6 @@ def test_completion_answers_through_bash(tmp_path: Path, line: str, expected: st
     """
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     result = subprocess.run(
-        ["bash", "-c", bash], capture_output=True, text=True, timeout=120, env=env
+        ["bash", "-c", bash], capture_output=True, text=True, timeout=600, env=env
     )
     assert expected in result.stdout.split(), result.stdout + result.stderr[-2000:]

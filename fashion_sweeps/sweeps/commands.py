@@ -63,11 +63,12 @@ def stage_argv(stage: str, args: list[str]) -> list[str]:
 
 
 def run_stage(stage: str, args: list[str]) -> None:
-    from fashion_sweeps.train import main as train_app
-
     if "-h" in args or "--help" in args:  # not train's Hydra help: what the stage does
         print(stage_help(stage))
         return
+    # Imported here: torch and Lightning take seconds to load, and help needs neither.
+    from fashion_sweeps.train import main as train_app
+
     share_cores(args)
     program = sys.argv[0] if sys.argv else "fashion-sweeps"
     sys.argv = [program, *stage_argv(stage, args)]
