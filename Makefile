@@ -16,7 +16,7 @@ ARGS    ?=
 DATA_ARGS = $(if $(DATASET),dataset=$(DATASET)) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 SWEEP_ARGS = $(DATA_ARGS) $(if $(DATASET)$(EXPERIMENT),,experiment=clothing_screen)
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui server clean
+.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui dashboard server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ install:  ## create .venv and install the package (editable) with its test tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,dashboard]"
 
 test:  ## the test suite (offline, CPU, tiny data; a few minutes)
 	$(BIN)/pytest -q
@@ -79,6 +79,16 @@ serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# The sweep studies (hydra.sweeper.storage): an SQLite file or a journal file.
+STUDIES ?= $(CURDIR)/multirun/sweeps/optuna.db
+DASHBOARD_PORT ?= 8080
+
+dashboard:  ## optuna-dashboard on http://127.0.0.1:8080 over the sweep studies (STUDIES=file)
+	@test -x $(BIN)/optuna-dashboard || { echo "optuna-dashboard is an optional dependency: \
+	$(BIN)/pip install -e '.[dashboard]' (or pip install 'fashion-sweeps[dashboard]')." >&2; exit 1; }
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
+		$(if $(filter %.db,$(STUDIES)),sqlite:///$(abspath $(STUDIES)),$(abspath $(STUDIES)))
 
 # The tracking server every worker reports to: `make server` here, `make server HOST=0.0.0.0
 # ALLOWED_HOSTS=$$(hostname):5000` for compute nodes; runs then use tracking.uri=http://HOST:PORT.

@@ -7,6 +7,7 @@ Sub-commands that run Hydra apps pass every further argument to Hydra as overrid
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 
@@ -28,6 +29,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that are Hydra apps of train's config: Hydra completes their overrides.
+HYDRA_APPS = ("train", "screen", "full", "sweep")
+COMPLETION = ("-sc", "--shell-completion")
+PROG = "fashion-sweeps"
+
+
+def complete(request: list[str]) -> int:
+    """Shell completion (`-sc install=bash`, `-sc query=bash`, ...) for the console script.
+
+    Hydra's completion names the executable after `sys.argv[0]` and completes overrides on the
+    line after it; here the line also holds the sub-command. So the script is installed for
+    `fashion-sweeps` itself, and a query completes the sub-command's name, or hands Hydra the
+    line without it."""
+    from fashion_sweeps.train import main as train_app
+
+    if any(r.startswith("query=") for r in request):
+        line = os.environ.get("COMP_LINE", "")
+        words = line.split()
+        if len(words) == 1 or (len(words) == 2 and not line.endswith(" ")):
+            typed = words[1] if len(words) == 2 else ""
+            print(" ".join(name for name in COMMANDS if name.startswith(typed)))
+            return 0
+        if words[1] not in HYDRA_APPS:
+            return 0  # argparse commands: the shell completes file names
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (
+            " " if line[-1:] == " " else ""
+        )
+    sys.argv = [PROG, "--shell-completion", *request]
+    train_app()
+    return 0
+
+
 def _load(target: str) -> Callable[[], object]:
     module, func = target.split(":")
     return getattr(__import__(module, fromlist=[func]), func)
@@ -46,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    if name in COMPLETION:  # what the installed completion asks: `fashion-sweeps -sc query=bash`
+        return complete(rest)
+    if name in HYDRA_APPS and set(rest) & set(COMPLETION):
+        return complete(rest[next(i for i, a in enumerate(rest) if a in COMPLETION) + 1 :])
     if name not in COMMANDS:
         print(f"fashion-sweeps: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2

@@ -8,7 +8,20 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A source checkout (this package beside pyproject.toml): the repository's folder; else None.
+CHECKOUT_DIR: Path | None = (
+    PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
+)
+# The config tree: `conf/` of the checkout, or the copy a wheel ships inside the package (setup.py).
+CONF_DIR = CHECKOUT_DIR / "conf" if CHECKOUT_DIR else PACKAGE_DIR / "conf"
+
+
+def project_dir() -> Path:
+    """Where a tool writes its default outputs (docs/results.md, bench/): the checkout it runs
+    from, wherever the shell is; for an installed package, the current folder (never the
+    install folder)."""
+    return CHECKOUT_DIR or Path.cwd()
 
 
 def component_name(node: DictConfig) -> str:

@@ -74,7 +74,7 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
 
 
 def load_tagging_model(uri: str):
-    """The pyfunc model at `uri`, with its expected input (channels, size) from its signature."""
+    """The pyfunc model at `uri`, with its input's channels (signature) and image size."""
     import mlflow.pyfunc
 
     try:
@@ -93,7 +93,10 @@ def load_tagging_model(uri: str):
             f"The model {uri!r} does not take image batches (its input schema is {schema}): "
             "use a model logged by `fashion-sweeps train`."
         )
-    return model, int(shape[1]), int(shape[2])
+    # The size images are decoded at: the model's own (its metadata; older models' signatures
+    # fixed it), so that the model need not resize them again.
+    size = (model.metadata.metadata or {}).get("image_size", shape[2])
+    return model, int(shape[1]), int(size)
 
 
 def model_figures(model) -> str:

@@ -34,7 +34,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.config import CONF_DIR, project_dir
 from fashion_sweeps.earlier_page import Earlier, earlier_recipes
 from fashion_sweeps.tracking.runs import config_params
 from fashion_sweeps.tracking.store import search_every_experiment
@@ -42,7 +42,6 @@ from fashion_sweeps.tracking.store import search_every_experiment
 log = logging.getLogger(__name__)
 
 PROG = "fashion-sweeps results"
-DEFAULT_OUT = CONF_DIR.parent / "docs" / "results.md"
 # The figures of a recipe: MLflow metric -> column title.
 METRICS = {"test_acc": "test acc", "test_f1_weighted": "weighted F1", "test_f1_macro": "macro F1"}
 # Overrides that leave what a recipe trains as it is: the seed (one row per seed), where the data
@@ -685,6 +684,7 @@ def run_recipes(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    default_out = project_dir() / "docs" / "results.md"
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write docs/results.md from the recipe runs in MLflow: per recipe the "
@@ -707,7 +707,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="with --run: dataset.root of the recipes on DATASET (repeat per data set)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"the page (default {DEFAULT_OUT})"
+        "--out", type=Path, default=default_out, help=f"the page (default {default_out})"
     )
     parser.add_argument(
         "--tracking-uri",

@@ -44,6 +44,7 @@ from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
 from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
 from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.tracking.datasets import split_inputs
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
@@ -84,7 +85,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
         return job.result
     run = job.run
     try:
-        best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
+        with run.system_metrics(cfg.tracking.get("system_metrics_s")):
+            best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
         run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -117,6 +119,7 @@ def _fit_and_test(
     )
     run.log_metrics({f"skipped_{reason}": n for reason, n in prepared.skipped.items()})
     run.log_json(prepared.classes, "label_map.json")
+    run.log_inputs(split_inputs(prepared, cfg.dataset.name, cfg.dataset.root))
     sampling = sampling_summary(
         data.plan,
         prepared.targets[prepared.indices("train")],
@@ -184,6 +187,9 @@ def _fit_and_test(
         best_path = checkpoint.best_model_path
         best_val_loss = float(checkpoint.best_model_score)
         best_epoch = _epoch_of(best_path)
+    # The test metrics are logged once, below, beside the evaluation's: Lightning's logger would
+    # log them a second time (float32, at the last step).
+    trainer.loggers = []
     trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)
     if not is_rank_zero():
         return best_val_loss  # the rest is rank 0's: evaluation and logging
@@ -230,9 +236,10 @@ def _fit_and_test(
 
 
 def _epoch_of(checkpoint_path: str) -> int:
-    """The epoch in a `best-epoch=N.ckpt` file name (0-based, as Lightning counts)."""
+    """The epoch of a `best-epoch=N.ckpt` file, counted from 1 like `epochs_run` (Lightning's N
+    counts from 0): `best_epoch` 3 of `epochs_run` 5 is the third epoch. 0: none (kNN)."""
     stem = Path(checkpoint_path).stem
-    return int(stem.split("epoch=")[-1].split("-")[0]) if "epoch=" in stem else -1
+    return int(stem.split("epoch=")[-1].split("-")[0]) + 1 if "epoch=" in stem else 0
 
 
 # Errors whose message says what is wrong and what to do: a single run prints just that.

@@ -3,12 +3,15 @@ probabilities; the registry serves it back by alias."""
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.model_logging import log_classifier, register
@@ -64,14 +67,21 @@ def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun) -> 
     np.testing.assert_allclose(out["probability"], expected.max(axis=1), rtol=1e-5)
 
 
-def test_signature_asks_for_uint8_images_at_the_model_size(run: TrackedRun) -> None:
+def test_images_at_other_sizes_are_resized_as_predict_does(run: TrackedRun) -> None:
+    """A client (`make serve`) may send photos at any size: the model resizes them to its own,
+    as `fashion-sweeps predict` does; the signature says uint8 (N, C, H, W)."""
     uri = log_classifier(run, tiny_module(channels=1, size=16).model, images(2, channels=1))
     model = mlflow.pyfunc.load_model(uri)
     spec = model.metadata.get_input_schema().inputs[0]
     assert spec.type == np.dtype(np.uint8)
-    assert spec.shape == (-1, 1, 16, 16)
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        model.predict(images(2, channels=1, size=20))  # wrong size: refused, not mis-predicted
+    assert spec.shape == (-1, 1, -1, -1)
+    assert model.metadata.metadata["image_size"] == 16
+
+    large = images(2, channels=1, size=40)
+    resized = resize_pixels(large.transpose(0, 2, 3, 1), 16).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(
+        model.predict(large)[CLASSES].to_numpy(), model.predict(resized)[CLASSES].to_numpy()
+    )
 
 
 def test_register_and_load_by_alias(run: TrackedRun) -> None:
@@ -99,3 +109,37 @@ def test_register_and_load_by_alias(run: TrackedRun) -> None:
 def test_register_a_run_without_model_says_why(run: TrackedRun) -> None:
     with pytest.raises(mlflow.exceptions.MlflowException, match="no logged model"):
         register(run.client, run.run_id)
+
+
+def test_logged_model_lives_in_the_runs_experiment_and_loads_by_every_uri(
+    run: TrackedRun,
+) -> None:
+    """The experiment's Models tab lists it, and `runs:/<id>/model` (the README's and predict's
+    advice), `models:/m-...` and the registry alias all load the same predictions."""
+    uri = log_classifier(run, tiny_module().model, images(2))
+    model_id = uri.removeprefix("models:/")
+    assert run.client.get_logged_model(model_id).experiment_id == run.experiment_id
+    listed = run.client.search_logged_models(experiment_ids=[run.experiment_id])
+    assert model_id in {m.model_id for m in listed}
+
+    x = images(3)
+    expected = mlflow.pyfunc.load_model(uri).predict(x)
+    alias = register(run.client, run.run_id, name="uri-classifier")
+    for other in (f"runs:/{run.run_id}/model", alias):
+        out = mlflow.pyfunc.load_model(other).predict(x)
+        np.testing.assert_allclose(out[CLASSES].to_numpy(), expected[CLASSES].to_numpy())
+
+
+def test_registered_version_is_linked_to_its_logged_model(run: TrackedRun) -> None:
+    """The logged model's page says which version it is (MLflow's `mlflow.modelVersions` tag),
+    and the version points back to the model and its run."""
+    uri = log_classifier(run, tiny_module().model, images(2))
+    model_id = uri.removeprefix("models:/")
+    register(run.client, run.run_id, name="linked-classifier")
+    version = run.client.get_model_version_by_alias("linked-classifier", "champion")
+    # (SQLite stores keep no model_id on versions: the source names the model.)
+    assert (version.source, version.run_id) == (uri, run.run_id)
+    versions = json.loads(run.client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert {"name": "linked-classifier", "version": str(version.version)} in [
+        {k: str(v) for k, v in entry.items()} for entry in versions
+    ]

@@ -12,11 +12,13 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from fashion_sweeps.sweeps import workers
+from fashion_sweeps.sweeps.space import SearchSpace, params_id
 from fashion_sweeps.sweeps.storage import open_storage
-from fashion_sweeps.sweeps.study import OUTCOME, PARAMS, open_study
+from fashion_sweeps.sweeps.study import OUTCOME, PARAMS, finish_trial, open_study
 
 LRS = ["0.1", "0.03", "0.01", "0.003", "0.001", "0.0003"]
 
@@ -96,3 +98,24 @@ def test_two_workers_on_one_journal_study_train_every_condition_once(
     trained = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.tags["lr"] for r in trained) == sorted(LRS)  # each exactly once
     assert all(r.info.status == "FINISHED" for r in trained)
+
+
+def test_claims_record_swept_values_as_optuna_params_for_importances(study) -> None:
+    """optuna.importance and optuna-dashboard read `trial.params`: a grid's claims fill them
+    (categorical), and a grid that gains a value later still trains, its new value kept as the
+    condition's identity only (Optuna cannot widen a categorical space)."""
+    space = SearchSpace.parse({}, ["head=fc,batchnorm", "optimizer.lr=0.1,0.01"])
+    distributions = space.grid_distributions()
+    assert all(isinstance(d, CategoricalDistribution) for d in distributions.values())
+    for i, point in enumerate(space.grid()):
+        trial = workers.claim(study, point, params_id(point), distributions)
+        finish_trial(study, trial, "finished", 1.0 + i * (0.5 if point["head"] == "fc" else 0.1))
+    assert all(t.params == t.user_attrs[PARAMS] for t in study.trials)
+    assert set(optuna.importance.get_param_importances(study)) == {"head", "optimizer.lr"}
+
+    wider = SearchSpace.parse({}, ["head=fc,batchnorm", "optimizer.lr=0.1,0.01,0.001"])
+    new = {"head": "fc", "optimizer.lr": 0.001}
+    trial = workers.claim(study, new, params_id(new), wider.grid_distributions())
+    assert trial is not None
+    assert study.trials[-1].params == {"head": "fc"}
+    assert study.trials[-1].user_attrs[PARAMS] == new

@@ -17,6 +17,7 @@ import optuna
 import pytest
 from conftest import CLASSES, class_image
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
 
 from fashion_sweeps.sweeps.study import OUTCOME
 
@@ -169,6 +170,16 @@ def test_full_stage_trains_the_screens_top_k(client):
         assert {"test_loss", "test_acc", "test_f1_weighted"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.csv", "comparison.md"} <= artifacts
+
+
+def test_swept_values_are_optuna_params_so_optunas_tools_read_the_study(workdir, swept):
+    screen = study(workdir, "screen")
+    for trial in screen.trials:
+        assert trial.params == trial.user_attrs["params"]
+        assert all(isinstance(d, CategoricalDistribution) for d in trial.distributions.values())
+    assert set(optuna.importance.get_param_importances(screen)) == {"head", "optimizer.lr"}
+    full = study(workdir, "full")
+    assert [t.params for t in full.trials] == [t.user_attrs["params"] for t in full.trials]
 
 
 def test_rerun_trains_nothing_new(client, workdir):

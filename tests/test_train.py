@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -195,3 +196,64 @@ def test_ema_decay_outside_zero_one_is_refused(make_cfg, clothing_root) -> None:
     cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "trainer.ema_decay=1.5")
     with pytest.raises(ValueError, match="ema_decay"):
         train(cfg)
+
+
+def test_test_metrics_are_logged_once_and_best_epoch_counts_from_one(
+    make_cfg, clothing_root
+) -> None:
+    """One value per test metric (not Lightning's float32 and the evaluation's float64), and
+    `best_epoch` numbered like `epochs_run` in MLflow, the log and the tables alike."""
+    from fashion_sweeps.sweeps.tables import comparison_table
+
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", *TINY)
+    train(cfg)
+    client, run = only_run(cfg)
+    tested = [k for k in run.data.metrics if k.startswith("test_")]
+    assert {"test_loss", "test_acc", "test_f1_weighted"} <= set(tested)
+    for key in tested:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+
+    (best,) = (Path(cfg.output_dir) / "checkpoints").glob("best-*.ckpt")
+    lightning_epoch = int(best.stem.split("epoch=")[1].split("-")[0])  # Lightning counts from 0
+    assert run.data.metrics["best_epoch"] == lightning_epoch + 1
+    assert 1 <= run.data.metrics["best_epoch"] <= run.data.metrics["epochs_run"]
+    table = comparison_table(client, [run])
+    assert table.loc[0, "best_epoch"] == run.data.metrics["best_epoch"]
+
+
+def test_a_run_carries_mlflows_context_tags_data_inputs_and_system_metrics(
+    make_cfg, clothing_root
+) -> None:
+    """What the MLflow UI's runs table and run page show: the Source and Dataset columns, and
+    the System metrics tab."""
+    cfg = make_cfg(
+        "dataset=clothing",
+        f"dataset.root={clothing_root}",
+        *TINY,
+        "tracking.system_metrics_s=0.2",
+    )
+    train(cfg)
+    client, run = only_run(cfg)
+    tags = run.data.tags
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(tags)
+    checkout = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+    inputs = {
+        {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+        for i in run.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"train", "val", "test"}
+    counts = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "data/class_counts.json")).read_text()
+    )
+    for split, dataset in inputs.items():
+        assert str(clothing_root) in dataset.source
+        assert json.loads(dataset.profile)["features_shape"][0] == sum(counts[split].values())
+    assert len({d.digest for d in inputs.values()}) == 3  # one per split, all from the cache's
+
+    assert any(key.startswith("system/cpu") for key in run.data.metrics)

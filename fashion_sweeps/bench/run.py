@@ -25,7 +25,7 @@ from fashion_sweeps.bench.loading import loading_bench
 from fashion_sweeps.bench.profile import profile_trial
 from fashion_sweeps.bench.screen import ScreenSettings, screen_bench
 from fashion_sweeps.bench.workspace import bench_cfg, bench_data
-from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.config import project_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
     )
-    parser.add_argument(
-        "--out", type=Path, default=CONF_DIR.parent / "bench", help="results folder"
-    )
+    parser.add_argument("--out", type=Path, default=project_dir() / "bench", help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
     )

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from fashion_sweeps.config import CONF_DIR
+from fashion_sweeps.config import CONF_DIR, project_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def real_clothing() -> Path | None:
     """`$FASHION_SWEEPS_BENCH_DATA`, else the shared `../shared/data/clothing` beside the project."""
     candidates = [
         os.environ.get("FASHION_SWEEPS_BENCH_DATA"),
-        CONF_DIR.parent.parent / "shared" / "data" / "clothing",
+        project_dir().parent / "shared" / "data" / "clothing",
     ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "images.csv").is_file():

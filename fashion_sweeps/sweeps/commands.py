@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-
-from fashion_sweeps.sweeps.sweeper import register
+import textwrap
 
 STAGES = ("screen", "full")
 # Launchers that run several trials at once on this machine.
@@ -26,6 +25,36 @@ def share_cores(args: list[str]) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+STAGE_HELP = {
+    "screen": "Train, briefly (sweep.screen.max_epochs), every condition of the sweep's grid (or "
+    "hydra.sweeper.n_trials sampled ones) that its Optuna study does not hold yet, then print "
+    "and save the ranking by val_loss. Resumable: after an interruption run the same command "
+    "again; it trains only the conditions without a result.",
+    "full": "Train the screen's top sweep.full.top_k conditions by val_loss for "
+    "sweep.full.max_epochs epochs with early stopping (sweep.full.patience), test their best "
+    "checkpoints, log their models, and print and save the comparison. Give it the screen's "
+    "sweep=, sweep.name and data set.",
+    "sweep": "The screen, then the full stage of its winners: `fashion-sweeps screen` and "
+    "`fashion-sweeps full` with the same arguments.",
+}
+STAGE_OPTIONS = """\
+Every argument is a Hydra override of train's config (`fashion-sweeps train --help` lists its
+groups); sweep=grid (conf/sweep/grid.yaml) unless another sweep= is given. Often used:
+  sweep=grid|tiny|tpe           the protocol (conf/sweep/)
+  sweep.name=NAME               the study, MLflow parent run and folder (default: the data set)
+  dataset=NAME dataset.root=DIR the data
+  backbone=a,b optimizer.lr=x,y values to sweep (replace the protocol's)
+  sweep.full.top_k=N            conditions the full stage trains
+  hydra.sweeper.storage=URL     where the studies live (sqlite:///..., journal:...)
+  hydra/launcher=joblib         parallel trials (with hydra.sweeper.n_jobs=N)
+Outputs: multirun/sweeps/<sweep.name>/<stage>/; `fashion-sweeps report` builds the report."""
+
+
+def stage_help(stage: str) -> str:
+    description = textwrap.fill(STAGE_HELP[stage], width=96)
+    return f"usage: fashion-sweeps {stage} [OVERRIDES...]\n\n{description}\n\n{STAGE_OPTIONS}"
+
+
 def stage_argv(stage: str, args: list[str]) -> list[str]:
     """The Hydra command line of one stage."""
     args = [a for a in args if a not in ("-m", "--multirun")]
@@ -34,9 +63,12 @@ def stage_argv(stage: str, args: list[str]) -> list[str]:
 
 
 def run_stage(stage: str, args: list[str]) -> None:
+    if "-h" in args or "--help" in args:  # not train's Hydra help: what the stage does
+        print(stage_help(stage))
+        return
+    # Imported here: torch and Lightning take seconds to load, and help needs neither.
     from fashion_sweeps.train import main as train_app
 
-    register()
     share_cores(args)
     program = sys.argv[0] if sys.argv else "fashion-sweeps"
     sys.argv = [program, *stage_argv(stage, args)]
@@ -61,5 +93,8 @@ def full() -> None:
 def sweep() -> None:
     """The screen, then the full runs of its winners."""
     args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        print(stage_help("sweep"))
+        return
     for stage in STAGES:
         run_stage(stage, args)

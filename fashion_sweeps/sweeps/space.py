@@ -15,11 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+
+# No public API converts a sweep override to a distribution: the plugin's own function keeps every
+# syntax meaning what it means to the Optuna sweeper (the plugin is pinned in pyproject.toml).
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_optuna_distribution_from_override,
 )
-from optuna.distributions import BaseDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import Trial
 
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 
@@ -51,6 +60,18 @@ class SearchSpace:
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the swept values, the first key varying slowest."""
+        choices = self._grid_choices()
+        return [
+            dict(zip(choices, values, strict=True))
+            for values in itertools.product(*choices.values())
+        ]
+
+    def grid_distributions(self) -> dict[str, CategoricalDistribution]:
+        """How a grid's points are recorded as Optuna trial params: each key categorical over
+        its values (what `optuna.importance` and optuna-dashboard read)."""
+        return categorical_space(self.grid())
+
+    def _grid_choices(self) -> dict[str, list[Any]]:
         choices = {}
         for key, distribution in self.distributions.items():
             try:
@@ -61,10 +82,7 @@ class SearchSpace:
                     f"{distribution}. Give it as values (`{key}=a,b,c`) or use a sampler for "
                     "continuous spaces (`sweep=tpe hydra.sweeper.n_trials=N`)."
                 ) from err
-        return [
-            dict(zip(choices, values, strict=True))
-            for values in itertools.product(*choices.values())
-        ]
+        return choices
 
 
 def override_lines(params: Mapping[str, Any]) -> list[str]:
@@ -80,3 +98,29 @@ def params_id(params: Mapping[str, Any]) -> str:
 def quoted(value: str) -> str:
     """A string as a quoted Hydra override value (keeps `/`, `=`, `,` literal)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def categorical_space(points: Iterable[Mapping[str, Any]]) -> dict[str, CategoricalDistribution]:
+    """Each key of `points` categorical over its values there, in first-seen order."""
+    values: dict[str, list[Any]] = {}
+    for point in points:
+        for key, value in point.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {key: CategoricalDistribution(choices) for key, choices in values.items()}
+
+
+def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
+    """A sampler's value for `name` from `distribution`, through Optuna's public suggest API (it
+    records the value as a trial param)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    raise ValueError(f"`{name}`: no Optuna suggestion for {distribution}.")

@@ -1,7 +1,10 @@
 """The Optuna study of one sweep stage: what is done, what is left, and how each job ended.
 
-A condition is identified by its swept values (`params_id`), kept as trial user attributes rather
-than Optuna params, so a grid can gain values later without Optuna's "dynamic value space" error.
+A condition is identified by its swept values (`params_id`), kept as the trial user attribute
+`params`, so a grid can gain values later without Optuna's "dynamic value space" error. The same
+values are also recorded as Optuna trial params with their distributions (categorical for a grid)
+wherever the study's value space holds them, for Optuna's tools (`optuna.importance`,
+optuna-dashboard).
 
 Outcomes (user attribute `outcome`):
 - `finished`: COMPLETE with the best val_loss as value. Done.
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from fashion_sweeps.sweeps.space import params_id
@@ -67,6 +71,38 @@ def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     """The swept values of a trial (ours keep them as a user attribute; the stock plugin's
     trials as Optuna params)."""
     return dict(trial.user_attrs.get(PARAMS) or trial.params)
+
+
+def recordable(
+    study: optuna.Study, params: dict[str, Any], distributions: dict[str, BaseDistribution]
+) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """The swept values Optuna can hold as this study's trial params, with their distributions.
+
+    A key keeps the distribution the study first recorded for it (Optuna refuses another
+    categorical space for the same name); a value outside it (a grid widened since) stays in the
+    `params` user attribute only, with a warning."""
+    recorded: dict[str, BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, distribution in trial.distributions.items():
+            recorded.setdefault(key, distribution)
+    kept, used, outside = {}, {}, []
+    for key, value in params.items():
+        distribution = recorded.get(key, distributions.get(key))
+        if distribution is None:
+            continue
+        if isinstance(distribution, CategoricalDistribution) and value not in distribution.choices:
+            outside.append(f"{key}={value}")
+            continue
+        kept[key], used[key] = value, distribution
+    if outside:
+        log.warning(
+            "Study %r was started with another value space: %s recorded as the condition only, "
+            "not as Optuna params (importances and dashboard plots leave it out; a new "
+            "`sweep.name` records it fully).",
+            study.study_name,
+            ", ".join(outside),
+        )
+    return kept, used
 
 
 def is_done(trial: FrozenTrial) -> bool:

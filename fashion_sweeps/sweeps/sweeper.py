@@ -1,4 +1,5 @@
-"""`hydra/sweeper=stages`: the Optuna sweeper, resumable, running one stage of a sweep.
+"""`hydra/sweeper=stages`: the Optuna sweeper, resumable, running one stage of a sweep (the Hydra
+plugin, `hydra_plugins/fashion_sweeps_stages/`, hands its work to `StageSweep`).
 
 The stock Optuna sweeper plugin asks `n_trials` new trials on every invocation, so a rerun of a
 grid trains it all again, and it stores a diverged (NaN) run and a crashed one alike. This sweeper
@@ -24,21 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
-from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.sweeps import stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
-from fashion_sweeps.sweeps.space import GRID_SAMPLER, SearchSpace, override_lines, params_id, quoted
+from fashion_sweeps.sweeps.space import (
+    GRID_SAMPLER,
+    SearchSpace,
+    categorical_space,
+    override_lines,
+    params_id,
+    quoted,
+    suggest,
+)
 from fashion_sweeps.sweeps.study import (
     done_ids,
     finish_trial,
@@ -89,29 +95,16 @@ def warn_if_settings_changed(study: optuna.Study, fixed: list[str]) -> None:
 
 
 @dataclass
-class StagesSweeperConf(OptunaSweeperConf):
-    _target_: str = "fashion_sweeps.sweeps.sweeper.StagesSweeper"
-    n_jobs: int = 1  # the basic launcher runs jobs one after another anyway
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="stages", node=StagesSweeperConf, provider="fashion_sweeps"
-)
-
-
-def register() -> None:
-    """Make the sweeper known to Hydra (plugins outside `hydra_plugins` must be registered)."""
-    Plugins.instance().register(StagesSweeper)
-
-
-@dataclass
 class Job:
     params: dict[str, Any]
     condition: str
     trial: optuna.trial.Trial | None = None
 
 
-class StagesSweeper(Sweeper):
+class StageSweep:
+    """The work of `hydra/sweeper=stages` (the plugin class in `hydra_plugins.fashion_sweeps_stages`
+    delegates to it): plan one stage from the study, launch its jobs, record their outcomes."""
+
     def __init__(
         self,
         sampler: Any,
@@ -235,6 +228,8 @@ class StagesSweeper(Sweeper):
         self.winners = top_k(screen, int(settings.full.top_k))
         done = done_ids(study)
         runs = [self._full_params(w.params, space.fixed, settings.full) for w in self.winners]
+        # The full study's value space: what its winners train (a fine-tuned stage changes lr).
+        self.distributions = categorical_space(runs)
         return [p for p in runs if params_id(p) not in done]
 
     def _full_params(
@@ -273,6 +268,7 @@ class StagesSweeper(Sweeper):
         self.winners = []
         if settings.stage == "screen":
             todo, planned = self._screen_plan(study, space)
+            self.distributions = space.grid_distributions() if self._is_grid() else {}
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
@@ -354,7 +350,7 @@ class StagesSweeper(Sweeper):
             for _ in range(batch):
                 trial = study.ask()
                 try:
-                    params = {k: trial._suggest(k, d) for k, d in space.distributions.items()}
+                    params = {k: suggest(trial, k, d) for k, d in space.distributions.items()}
                 except ValueError as err:
                     finish_trial(study, trial, "crashed", None)
                     raise SweepError(
@@ -375,7 +371,7 @@ class StagesSweeper(Sweeper):
             return jobs
         jobs = [Job(p, self._condition(p, fixed)) for p in batch]
         for job in jobs:
-            job.trial = workers.claim(study, job.params, job.condition)
+            job.trial = workers.claim(study, job.params, job.condition, self.distributions)
         # A condition another worker trains, or finished meanwhile, is left to it.
         return [job for job in jobs if job.trial is not None]
 

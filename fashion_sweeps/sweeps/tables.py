@@ -97,8 +97,7 @@ def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
                 "val_accuracy": values["val_acc"],
                 "test_accuracy": logged.get("test_acc", math.nan),
                 "test_f1_weighted": logged.get("test_f1_weighted", math.nan),
-                # Lightning counts epochs from 0; the table from 1, like `epochs_run`.
-                "best_epoch": logged.get("best_epoch", math.nan) + 1,
+                "best_epoch": logged.get("best_epoch", math.nan),  # from 1, as logged
                 "epochs_run": logged.get("epochs_run", math.nan),
                 "status": run.data.tags.get("status", run.info.status.lower()),
             }

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from fashion_sweeps.sweeps.space import params_id
@@ -37,6 +38,7 @@ from fashion_sweeps.sweeps.study import (
     OUTCOME,
     PARAMS,
     is_done,
+    recordable,
     sqlite_ready,
     trial_params,
 )
@@ -103,18 +105,29 @@ def _holds(trial: FrozenTrial, now: float) -> bool:
     return is_done(trial) or (trial.state in OPEN and not is_leftover(trial, now))
 
 
-def claim(study: optuna.Study, params: dict[str, Any], condition: str) -> Trial | None:
-    """A RUNNING trial for the condition, or None when another worker has it or it is done."""
+def claim(
+    study: optuna.Study,
+    params: dict[str, Any],
+    condition: str,
+    distributions: dict[str, BaseDistribution] | None = None,
+) -> Trial | None:
+    """A RUNNING trial for the condition, or None when another worker has it or it is done. The
+    swept values are also its Optuna params, under `distributions` (study.py, `recordable`)."""
     key, now = params_id(params), time.time()
     if any(
         params_id(trial_params(t)) == key and _holds(t, now)
         for t in study.get_trials(deepcopy=False)
     ):
         return None
+    optuna_params, optuna_distributions = recordable(study, params, distributions or {})
     template = optuna.trial.create_trial(
         state=TrialState.RUNNING,
+        params=optuna_params,
+        distributions=optuna_distributions,
         user_attrs={PARAMS: params, CONDITION: condition, **_identity()},
     )
+    # The storage, not `study.ask()`: the claim must name its condition in the same operation
+    # that numbers it, or two workers could each see no earlier rival and both train it.
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     mine = study._storage.get_trial(trial_id)
     rivals = [

@@ -10,11 +10,12 @@ not trained again: its recorded result is returned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,13 @@ class SilentRun(TrackedRun):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
+
+    def log_inputs(self, datasets: list) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def system_metrics(self, every_s: float | None) -> Iterator[None]:
+        yield
 
     def lightning_logger(self) -> bool:
         return False

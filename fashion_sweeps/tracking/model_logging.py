@@ -26,6 +26,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
+from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.runs import TrackedRun
 
@@ -52,8 +53,9 @@ for _name in ("mlflow.pytorch", "mlflow.pyfunc"):
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """uint8 images (N, C, H, W) at the model's image size in; per image a row with the predicted
-    `label`, its `probability`, and one probability column per class name."""
+    """uint8 images (N, C, H, W) in, at any size (resized to the model's, as `fashion-sweeps
+    predict` does); per image a row with the predicted `label`, its `probability`, and one
+    probability column per class name."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model: Classifier = mlflow.pytorch.load_model(
@@ -67,8 +69,17 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        probs = predict_probabilities(self.model, np.asarray(model_input))
+        images = at_size(np.asarray(model_input), self.model.image_size)
+        probs = predict_probabilities(self.model, images)
         return probability_frame(probs, self.model.classes)
+
+
+def at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) uint8 images resized to (N, C, size, size) the way training and `predict`
+    resize (bicubic, antialiased); images at the size already are returned as they are."""
+    if images.shape[2:] == (size, size):
+        return images
+    return resize_pixels(images.transpose(0, 2, 3, 1), size).transpose(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -97,8 +108,8 @@ def signature(model: Classifier, channels: int) -> ModelSignature:
             f"Class name(s) {clashes} clash with the model's output columns {OUTPUT_COLUMNS}: "
             "rename those classes in the data set (e.g. with a label map) before training."
         )
-    size = model.image_size
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, size, size))])
+    # Any height and width: the pyfunc resizes (the model's own size is in its metadata).
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, -1, -1))])
     outputs = Schema(
         [ColSpec("string", "label"), ColSpec("double", "probability")]
         + [ColSpec("double", name) for name in model.classes]
@@ -125,8 +136,11 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
     the run's `model_uri` tag."""
     model = model.cpu().eval()
     pins = requirements()
-    # mlflow's fluent logging reads the global tracking URI; our runs carry their own.
+    # mlflow's fluent logging reads the global tracking URI and experiment; our runs carry their
+    # own. Without the experiment the logged model lands in the Default one (id 0): absent from
+    # the run's Models tab, unreachable as `runs:/<id>/model`, its files beside experiment 0.
     mlflow.set_tracking_uri(run.uri)
+    mlflow.set_experiment(experiment_id=run.experiment_id)
     # Logging validates the input example by loading the model: no download bars in run logs.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +158,7 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
             signature=signature(model, example.shape[1]),
             input_example=np.ascontiguousarray(example, dtype=np.uint8),
             pip_requirements=pins,
+            metadata={"image_size": int(model.image_size), "channels": int(example.shape[1])},
         )
     run.set_tags({MODEL_URI_TAG: info.model_uri})
     log.info("Logged the model of run %s as %s", run.run_id, info.model_uri)
@@ -173,11 +188,6 @@ def register(
             "`tracking.log_model=false`, failed, or predates model logging. Train it again with "
             "model logging on, or register another run."
         )
-    try:
-        client.create_registered_model(name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
     # Registering the same model again (a report run twice) reuses its version.
     same = [
         v
@@ -187,8 +197,12 @@ def register(
     if same:
         version_ = max(same, key=lambda v: int(v.version))
     else:
-        model_id = model_uri.removeprefix("models:/")
-        version_ = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+        # The fluent call, unlike the client's, also links the logged model to its version (the
+        # model's page then names it). It reads the global tracking URI; the registry follows it
+        # unless set apart (only `store.store_uri` sets it, to the same store). Setting the
+        # registry here would leak into every later client of another store in this process.
+        mlflow.set_tracking_uri(client.tracking_uri)
+        version_ = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, str(version_.version))
     log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
     return f"models:/{name}@{alias}"

@@ -7,6 +7,7 @@ active run, so that many trials in one process (and parent/child runs) never mix
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,6 +107,31 @@ def config_params(cfg: DictConfig) -> dict[str, str]:
     return {k: str(v)[:6000] for k, v in flatten(resolved)}
 
 
+def context_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """`tags` plus what MLflow's fluent `start_run` adds (user, source name and type, git commit
+    of the entry script), the commit and branch being those of the checkout this package runs
+    from (the entry script may be a console script outside it). Given tags win."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_BRANCH,
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_GIT_REPO_URL,
+    )
+
+    from fashion_sweeps.config import CHECKOUT_DIR
+
+    code: dict[str, str] = {}
+    if CHECKOUT_DIR is not None:
+        found = {
+            MLFLOW_GIT_COMMIT: git_utils.get_git_commit(str(CHECKOUT_DIR)),
+            MLFLOW_GIT_BRANCH: git_utils.get_git_branch(str(CHECKOUT_DIR)),
+            MLFLOW_GIT_REPO_URL: git_utils.get_git_repo_url(str(CHECKOUT_DIR)),
+        }
+        code = {k: v for k, v in found.items() if v}
+    return resolve_tags({**code, **tags})
+
+
 class TrackedRun:
     """One MLflow run, addressed by id. Create it with `TrackedRun.start`."""
 
@@ -131,7 +157,7 @@ class TrackedRun:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        run = client.create_run(experiment_id, run_name=run_name, tags=context_tags(all_tags))
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, uri)
         return cls(client, run.info.run_id, experiment_id, uri)
 
@@ -163,6 +189,28 @@ class TrackedRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
+
+    def log_inputs(self, datasets: list[DatasetInput]) -> None:
+        self.client.log_inputs(self.run_id, datasets=datasets)
+
+    @contextlib.contextmanager
+    def system_metrics(self, every_s: float | None) -> Iterator[None]:
+        """MLflow's system metrics monitor on this run while the block runs (`system/*`
+        metrics, a sample every `every_s` seconds; None: off). A continued run goes on from
+        its last step."""
+        if not every_s:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=every_s, resume_logging=True, tracking_uri=self.uri
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def lightning_logger(self):
         """Lightning's MLflow logger, writing per-epoch metrics into this run."""

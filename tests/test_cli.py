@@ -1,0 +1,74 @@
+"""The console script as a shell user meets it: each stage's --help, and shell completion."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fashion_sweeps.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,  # a loaded shared machine takes minutes to import torch
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "stage,says",
+    [
+        ("screen", "that its Optuna study does not hold yet"),
+        ("full", "sweep.full.top_k"),
+        ("sweep", "The screen, then the full stage of its winners"),
+    ],
+)
+def test_stage_help_describes_the_stage(stage: str, says: str) -> None:
+    result = cli(stage, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"usage: fashion-sweeps {stage}" in result.stdout
+    assert says in " ".join(result.stdout.split())
+    assert "Powered by Hydra" not in result.stdout  # not train's help
+
+
+def test_completion_installs_for_the_console_script() -> None:
+    for args in (["-sc", "install=bash"], ["train", "-sc", "install=bash"]):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.rstrip().endswith("-F hydra_bash_completion fashion-sweeps")
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("fashion-sweeps sc", "screen"),
+        ("fashion-sweeps train datas", "dataset="),
+        ("fashion-sweeps screen dataset=cloth", "dataset=clothing"),
+    ],
+)
+def test_completion_answers_through_bash(tmp_path: Path, line: str, expected: str) -> None:
+    """The completion function Hydra installs, run by bash as a shell would on <Tab>."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    script = tmp_path / "fashion-sweeps"  # the console script, running this checkout
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m fashion_sweeps.cli "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    words = line.split()
+    bash = f"""
+        eval "$(fashion-sweeps -sc install=bash)"
+        COMP_LINE='{line}'; COMP_POINT={len(line)}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}
+        hydra_bash_completion
+        printf '%s\\n' "${{COMPREPLY[@]}}"
+    """
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-c", bash], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert expected in result.stdout.split(), result.stdout + result.stderr[-2000:]
