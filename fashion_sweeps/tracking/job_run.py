@@ -21,6 +21,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps.distributed import is_rank_zero
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
@@ -71,10 +72,23 @@ def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
 
 
 class RecordedRun(TrackedRun):
-    """A TrackedRun that mirrors its status and best val_loss into the folder's record."""
+    """A TrackedRun that mirrors its status and best val_loss into the folder's record, and logs
+    a metric at most once per step: a continued run trains again the epochs its killed attempt
+    logged after the last checkpoint, and Lightning logs `epoch` with every batch of metrics."""
 
     record_dir: Path
     record: dict[str, Any]
+    steps: dict[str, set[int]]  # metric -> the steps logged (by any attempt)
+
+    def _unlogged(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
+        new = {k: v for k, v in metrics.items() if step not in self.steps.get(k, ())}
+        for key in new:
+            self.steps.setdefault(key, set()).add(step)
+        return new
+
+    def lightning_logger(self) -> MLFlowLogger:
+        """Lightning's per-epoch metrics through the same once-per-step filter."""
+        return _OncePerStepLogger(self)
 
     def _save(self, **changes: Any) -> None:
         self.record.update(changes)
@@ -86,7 +100,7 @@ class RecordedRun(TrackedRun):
             self._save(status=str(tags["status"]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        super().log_metrics(metrics, step)
+        super().log_metrics(self._unlogged(metrics, step), step)
         if "best_val_loss" in metrics:
             self._save(best_val_loss=float(metrics["best_val_loss"]))
 
@@ -96,9 +110,22 @@ class RecordedRun(TrackedRun):
             self._save(status=status.lower())
 
 
+class _OncePerStepLogger(MLFlowLogger):
+    def __init__(self, run: RecordedRun) -> None:
+        experiment = run.client.get_experiment(run.experiment_id).name
+        super().__init__(experiment_name=experiment, tracking_uri=run.uri, run_id=run.run_id)
+        self.run = run
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        new = self.run._unlogged(metrics, step or 0)
+        if new:
+            super().log_metrics(new, step)
+
+
 class ContinuedRun(RecordedRun):
     """A run continued by a relaunched job. MLflow params cannot change, so only params not logged
-    by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported."""
+    by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported.
+    Its `steps` start from what the earlier attempts logged."""
 
     logged: dict[str, str]
 
@@ -217,6 +244,10 @@ def _continue(
         return None
     run = ContinuedRun(client, previous.info.run_id, previous.info.experiment_id, uri)
     run.logged = dict(previous.data.params)
+    run.steps = {
+        key: {m.step for m in client.get_metric_history(run.run_id, key)}
+        for key in previous.data.metrics
+    }
     client.update_run(run.run_id, status="RUNNING")
     if "failure_reason" in previous.data.tags:
         client.delete_tag(run.run_id, "failure_reason")
@@ -273,6 +304,7 @@ def open_job_run(
             tags={**recipe_tags(cfg), **tags, **where_it_runs(), "attempt": "1"},
             parent_run_id=parent_run_id,
         )
+        run.steps = {}
         record = {"run_id": run.run_id, "identity": identity(cfg)}
     run.record_dir = output_dir
     run.record = {
