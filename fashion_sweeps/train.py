@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import FashionDataModule
@@ -86,9 +87,16 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     try:
         best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
-        run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
-        run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+        if not interrupts.was_interrupted(err):
+            reason = f"{type(err).__name__}: {err}"[:5000]
+            run.set_tags({"status": "failed", "failure_reason": reason})
+            run.end("FAILED")
+            raise
+        run.set_tags({"status": "interrupted", "failure_reason": interrupts.reason()})
+        run.end("KILLED")
+        # One kind of interruption for callers: Lightning turns its KeyboardInterrupt into
+        # SystemExit(1), which a sweep would count as a crash.
+        raise KeyboardInterrupt(interrupts.signal_name()) from err
     return best
 
 
@@ -260,8 +268,21 @@ def user_error(err: BaseException | None) -> BaseException | None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    interrupts.install()
     try:
         return train(cfg)
+    except KeyboardInterrupt:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records the condition as abandoned and stops (sweeps/commands.py)
+        log.error(
+            "Run %s: %s. Its last checkpoint is kept in %s: run the same command with "
+            "hydra.run.dir=%s to train on from it.",
+            condition_key(cfg),
+            interrupts.reason(),
+            output_dir(cfg),
+            output_dir(cfg),
+        )
+        raise SystemExit(interrupts.exit_code()) from None
     except Exception as err:
         known = user_error(err)
         # In a multirun the sweeper records the failed trial and goes on.
