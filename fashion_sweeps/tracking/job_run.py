@@ -248,7 +248,6 @@ def _continue(
         key: {m.step for m in client.get_metric_history(run.run_id, key)}
         for key in previous.data.metrics
     }
-    client.update_run(run.run_id, status="RUNNING")
     if "failure_reason" in previous.data.tags:
         client.delete_tag(run.run_id, "failure_reason")
     attempt = int(previous.data.tags.get("attempt", "1")) + 1
@@ -260,6 +259,8 @@ def _continue(
         "attempt": str(attempt),
     }.items():
         client.set_tag(run.run_id, key, str(value))
+    # RUNNING after the new pid is tagged: a RUNNING run naming a dead pid gets closed (runs.py).
+    client.update_run(run.run_id, status="RUNNING")
     return run
 
 
