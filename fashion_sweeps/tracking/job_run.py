@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
@@ -37,25 +38,15 @@ log = logging.getLogger(__name__)
 RECORD = "mlflow_run.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 DONE = ("finished", "diverged")
-# Config keys allowed to differ between attempts of one run: where and how it runs and is
-# tracked. Any other difference means the folder holds another experiment.
-MAY_CHANGE = (
-    "tracking.",
-    "trainer.",
-    "cache.",
-    "sweep.",  # stage bookkeeping (top_k, the stage's epochs: those reach the run via trainer.*)
-    "recipe",  # a recipe's study facts and target (conf/experiment/), not what it trains
-    "output_dir",
-    "dataset.root",
-    "dataset.reader.root",
-    "dataset.num_workers",
-    "dataset.decode_workers",
-)
+POLICY = 2  # records before it kept trainer.* and sweep.* out of the identity, but no more
 
 
 def identity(cfg: DictConfig) -> dict[str, str]:
-    """The flattened config values that define what a run trains."""
-    return {k: v for k, v in config_params(cfg).items() if not k.startswith(MAY_CHANGE)}
+    """The flattened config values that define what a run trains (settings.py); a continued run
+    may also train for more epochs than its first attempt planned."""
+    return {
+        k: v for k, v in result_settings(config_params(cfg)).items() if k not in CONTINUABLE_KEYS
+    }
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -202,14 +193,16 @@ class JobRun:
 
 def _check_same_experiment(output_dir: Path, record: Mapping[str, Any], cfg: DictConfig) -> None:
     before, now = record.get("identity", {}), identity(cfg)
-    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
+    if record.get("policy") != POLICY:  # an earlier version's record: the keys it holds
+        before = result_settings(before)
+        now = {k: v for k, v in now.items() if k in before}
+    shown = differences(before, now)
+    if shown:
         raise ValueError(
             f"{output_dir} holds the run {record.get('run_id')} of another configuration "
-            f"({shown}{' ...' if len(differ) > 8 else ''}). A relaunched job continues the run of "
-            "its output folder only with the same config: choose another folder "
-            "(hydra.run.dir=...) or delete this one to start over."
+            f"({shown}). A relaunched job continues the run of its output folder only with the "
+            "same settings: choose another folder (hydra.run.dir=...) or delete this one to "
+            "start over."
         )
 
 
@@ -306,7 +299,7 @@ def open_job_run(
             parent_run_id=parent_run_id,
         )
         run.steps = {}
-        record = {"run_id": run.run_id, "identity": identity(cfg)}
+        record = {"run_id": run.run_id, "identity": identity(cfg), "policy": POLICY}
     run.record_dir = output_dir
     run.record = {
         **record,
