@@ -37,7 +37,7 @@ def test_finished_and_diverged_are_done_crashed_and_abandoned_are_not(study):
     record(study, 1.0, "diverged")
     record(study, 0.01, "crashed")
     start_trial(study, {"backbone": "mlp", "optimizer.lr": 0.001}, "left running")
-    assert abandon_leftovers(study) == 1
+    assert len(abandon_leftovers(study)) == 1
     assert done_ids(study) == {
         params_id({"backbone": "mlp", "optimizer.lr": 0.1}),
         params_id({"backbone": "mlp", "optimizer.lr": 1.0}),

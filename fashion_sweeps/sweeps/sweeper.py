@@ -47,6 +47,7 @@ from fashion_sweeps.sweeps.study import (
     open_study,
     outcome_of,
     sqlite_ready,
+    trial_params,
 )
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,7 @@ class StagesSweeper(Sweeper):
         start = time.perf_counter()
         try:
             crashed = self._run(study, space, todo, fixed, common)
+            crashed += self._train_abandoned(study, space, fixed, common)
         except Exception:
             # Too many crashes (or a condition that does not compose): keep what is done visible.
             with contextlib.suppress(Exception):
@@ -436,6 +438,24 @@ class StagesSweeper(Sweeper):
                 )
                 failures[0].return_value  # re-raises the job's own exception  # noqa: B018
         return crashed
+
+    def _train_abandoned(
+        self, study: optuna.Study, space: SearchSpace, fixed: list[str], common: list[str]
+    ) -> int:
+        """Train the conditions of workers that died while this one worked: it passed them over
+        while they were held, and no one else would train them before the stage is closed as
+        complete. Returns how many crashed."""
+        crashed = 0
+        while True:
+            done = done_ids(study)
+            todo = {
+                params_id(p): p
+                for p in map(trial_params, workers.abandon_leftovers(study))
+                if params_id(p) not in done
+            }
+            if not todo:
+                return crashed
+            crashed += self._run(study, space, list(todo.values()), fixed, common)
 
     @staticmethod
     def _outcome(ret: JobReturn) -> tuple[str, float | None]:

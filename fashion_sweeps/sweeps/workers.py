@@ -83,9 +83,9 @@ def is_leftover(trial: FrozenTrial, now: float | None = None) -> bool:
     return (now or time.time()) - float(attrs.get(ALIVE, 0)) > STALE_S
 
 
-def abandon_leftovers(study: optuna.Study) -> int:
-    """Mark the claims of workers that are gone as failed (`abandoned`): trained again later.
-    Claims of live workers (other processes on the same stage) are left alone."""
+def abandon_leftovers(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark the claims of workers that are gone as failed (`abandoned`), to be trained again;
+    return them. Claims of live workers (other processes on the same stage) are left alone."""
     return study_abandon_leftovers(study, is_leftover)
 
 
