@@ -48,7 +48,12 @@ from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
-from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
+from fashion_sweeps.tracking.runs import (
+    TrackedRun,
+    TrackingLostError,
+    TrackingUnavailableError,
+    lost_store,
+)
 from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trainer_options
 from fashion_sweeps.trial_clock import TrialClock
 
@@ -87,6 +92,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     try:
         best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
+        lost = None if interrupts.was_interrupted(err) else lost_store(run.uri, err)
+        if lost:  # nothing can be written to the store: say how to continue once it is back
+            raise _tracking_lost(cfg, run, lost) from err
         if not interrupts.was_interrupted(err):
             reason = f"{type(err).__name__}: {err}"[:5000]
             run.set_tags({"status": "failed", "failure_reason": reason})
@@ -98,6 +106,17 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
         # SystemExit(1), which a sweep would count as a crash.
         raise KeyboardInterrupt(interrupts.signal_name()) from err
     return best
+
+
+def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostError:
+    out = output_dir(cfg)
+    return TrackingLostError(
+        f"The MLflow tracking store {run.uri} stopped answering during the run ({why}). What "
+        f"was trained is kept: the last checkpoint is in {out / 'checkpoints'} and MLflow run "
+        f"{run.run_id} keeps what was logged. Once the store answers again, run the same "
+        f"command with hydra.run.dir={out} to train on from that checkpoint in the same MLflow "
+        "run."
+    )
 
 
 def _fit_and_test(

@@ -33,6 +33,29 @@ class TrackingUnavailableError(RuntimeError):
     """The tracking store cannot be reached or opened."""
 
 
+class TrackingLostError(TrackingUnavailableError):
+    """The store stopped answering while a run was under way."""
+
+
+def lost_store(uri: str, err: BaseException) -> str | None:
+    """Why `err` happened, when it came from a tracking store that no longer answers (None
+    when it did not: the store answers, or the error is another one)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, MlflowException | RequestException):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not uri:
+        return None
+    try:
+        check_reachable(uri)
+    except TrackingUnavailableError:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return f"{type(cause).__name__}: {first}"[:300]
+    return None
+
+
 def tracking_uri(cfg: DictConfig) -> str:
     """`tracking.uri`, else `$MLFLOW_TRACKING_URI`, else an SQLite store in `tracking.dir`."""
     uri = cfg.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
