@@ -92,20 +92,27 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     try:
         best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
-        lost = None if interrupts.was_interrupted(err) else lost_store(run.uri, err)
-        if lost:  # nothing can be written to the store: say how to continue once it is back
-            raise _tracking_lost(cfg, run, lost) from err
-        if not interrupts.was_interrupted(err):
-            reason = f"{type(err).__name__}: {err}"[:5000]
-            run.set_tags({"status": "failed", "failure_reason": reason})
-            run.end("FAILED")
+        raised = _close_stopped_run(cfg, run, err)
+        if raised is err:
             raise
+        raise raised from err
+    return best
+
+
+def _close_stopped_run(cfg: DictConfig, run: TrackedRun, err: BaseException) -> BaseException:
+    """Close a run that `err` stopped, saying why; return what to raise in its place."""
+    if interrupts.was_interrupted(err):
         run.set_tags({"status": "interrupted", "failure_reason": interrupts.reason()})
         run.end("KILLED")
         # One kind of interruption for callers: Lightning turns its KeyboardInterrupt into
         # SystemExit(1), which a sweep would count as a crash.
-        raise KeyboardInterrupt(interrupts.signal_name()) from err
-    return best
+        return KeyboardInterrupt(interrupts.signal_name())
+    lost = lost_store(run.uri, err)
+    if lost:  # nothing can be written to the store: say how to continue once it is back
+        return _tracking_lost(cfg, run, lost)
+    run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
+    run.end("FAILED")
+    return err
 
 
 def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostError:
