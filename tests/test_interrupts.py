@@ -18,23 +18,35 @@ from fashion_sweeps.sweeps.study import load_study
 TINY = ["dataset=clothing_sample", "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16"]
 
 
+def _as_from_a_terminal() -> None:
+    # A shell's background job ignores SIGINT, and children inherit that: the command under
+    # test gets Ctrl-C as it would in a terminal, however the tests were started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(
         [sys.executable, "-m", "fashion_sweeps.cli", *args, "trainer.progress=lines",
          f"tracking.dir={cwd / 'mlruns'}", "tracking.log_model=false"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_as_from_a_terminal,
     )  # fmt: skip
 
 
 def interrupt_after(proc: subprocess.Popen, text: str, signum: int) -> str:
     seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if text in line:
-            proc.send_signal(signum)
-            break
-    seen.append(proc.communicate(timeout=300)[0])
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if text in line:
+                proc.send_signal(signum)
+                break
+        seen.append(proc.communicate(timeout=300)[0])
+    finally:
+        if proc.poll() is None:  # it did not stop: fail without leaving it training
+            proc.kill()
+            proc.wait()
     return "".join(seen)
 
 
