@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR, project_dir
 from fashion_sweeps.earlier_page import Earlier, earlier_recipes
+from fashion_sweeps.settings import changes_result
 from fashion_sweeps.tracking.runs import config_params
 from fashion_sweeps.tracking.store import search_every_experiment
 
@@ -44,24 +45,9 @@ log = logging.getLogger(__name__)
 PROG = "fashion-sweeps results"
 # The figures of a recipe: MLflow metric -> column title.
 METRICS = {"test_acc": "test acc", "test_f1_weighted": "weighted F1", "test_f1_macro": "macro F1"}
-# Overrides that leave what a recipe trains as it is: the seed (one row per seed), where the data
-# is and how it is read, tracking, outputs, the machine's devices, pretrained weights from a file.
-SAME_RECIPE_KEYS = {
-    "experiment",
-    "seed",
-    "output_dir",
-    "dataset.root",
-    "dataset.reader.root",
-    "dataset.reader.download",
-    "dataset.num_workers",
-    "dataset.decode_workers",
-    "backbone.weights_path",
-    "trainer",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.progress",
-}
-SAME_RECIPE_GROUPS = ("tracking", "hydra", "cache")  # the key or any key under it
+# The page's own axes: one row per seed, one table per recipe. Any other override that changes a
+# result (settings.py: not where the data is, tracking, outputs, devices) sets a run apart.
+PAGE_AXES = frozenset({"experiment", "seed"})
 # How a group of runs launched as written but made with an earlier version of the file is named.
 EARLIER = "an earlier version of the recipe: "
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
@@ -172,11 +158,7 @@ def _group_defaults(choices: Mapping[str, str | None]) -> DictConfig:
 def training_settings(cfg: DictConfig) -> dict[str, str]:
     """The composed config as a run logs it, but the keys that leave what a recipe trains as it
     is and the `recipe:` block."""
-    return {
-        k: v
-        for k, v in config_params(cfg).items()
-        if not _same_recipe(k) and k != "recipe" and not k.startswith("recipe.")
-    }
+    return {k: v for k, v in config_params(cfg).items() if not _same_recipe(k)}
 
 
 # --- The runs ----------------------------------------------------------------------------------
@@ -239,9 +221,7 @@ def recipe_runs(client: MlflowClient, name: str) -> list[RunRecord]:
 
 def _same_recipe(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
-    return key in SAME_RECIPE_KEYS or any(
-        key == g or key.startswith(g + ".") for g in SAME_RECIPE_GROUPS
-    )
+    return key in PAGE_AXES or not changes_result(key)
 
 
 def changed_settings(command: str | None) -> str | None:

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import FashionDataModule
@@ -48,7 +49,12 @@ from fashion_sweeps.tracking.datasets import split_inputs
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
-from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
+from fashion_sweeps.tracking.runs import (
+    TrackedRun,
+    TrackingLostError,
+    TrackingUnavailableError,
+    lost_store,
+)
 from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trainer_options
 from fashion_sweeps.trial_clock import TrialClock
 
@@ -88,10 +94,38 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
         with run.system_metrics(cfg.tracking.get("system_metrics_s")):
             best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
-        run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
-        run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+        raised = _close_stopped_run(cfg, run, err)
+        if raised is err:
+            raise
+        raise raised from err
     return best
+
+
+def _close_stopped_run(cfg: DictConfig, run: TrackedRun, err: BaseException) -> BaseException:
+    """Close a run that `err` stopped, saying why; return what to raise in its place."""
+    if interrupts.was_interrupted(err):
+        run.set_tags({"status": "interrupted", "failure_reason": interrupts.reason()})
+        run.end("KILLED")
+        # One kind of interruption for callers: Lightning turns its KeyboardInterrupt into
+        # SystemExit(1), which a sweep would count as a crash.
+        return KeyboardInterrupt(interrupts.signal_name())
+    lost = lost_store(run.uri, err)
+    if lost:  # nothing can be written to the store: say how to continue once it is back
+        return _tracking_lost(cfg, run, lost)
+    run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
+    run.end("FAILED")
+    return err
+
+
+def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostError:
+    out = output_dir(cfg)
+    return TrackingLostError(
+        f"The MLflow tracking store {run.uri} stopped answering during the run ({why}). What "
+        f"was trained is kept: the last checkpoint is in {out / 'checkpoints'} and MLflow run "
+        f"{run.run_id} keeps what was logged. Once the store answers again, run the same "
+        f"command with hydra.run.dir={out} to train on from that checkpoint in the same MLflow "
+        "run."
+    )
 
 
 def _fit_and_test(
@@ -267,8 +301,21 @@ def user_error(err: BaseException | None) -> BaseException | None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    interrupts.install()
     try:
         return train(cfg)
+    except KeyboardInterrupt:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records the condition as abandoned and stops (sweeps/commands.py)
+        log.error(
+            "Run %s: %s. Its last checkpoint is kept in %s: run the same command with "
+            "hydra.run.dir=%s to train on from it.",
+            condition_key(cfg),
+            interrupts.reason(),
+            output_dir(cfg),
+            output_dir(cfg),
+        )
+        raise SystemExit(interrupts.exit_code()) from None
     except Exception as err:
         known = user_error(err)
         # In a multirun the sweeper records the failed trial and goes on.

@@ -113,6 +113,21 @@ def check_trainer_options(cfg: DictConfig) -> None:
         ema_averaging(cfg.ema_decay)
 
 
+def last_checkpoint(folder: Path) -> ModelCheckpoint:
+    """`last.ckpt`, rewritten after every epoch's validation: what a killed run resumes from.
+    Not `save_last=True` on the best-checkpoint callback: Lightning 2.6 rewrites that file only
+    when val_loss improves, so a rerun trained the epochs after the best one again. Lightning
+    runs checkpoint callbacks after the others and in list order, so this file also holds the
+    best checkpoint's and early stopping's state of the same epoch."""
+    return ModelCheckpoint(
+        dirpath=folder,
+        filename="last",
+        monitor=None,  # no ranking: the newest epoch replaces the file
+        save_top_k=1,
+        enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
+    )
+
+
 def build_trainer(
     cfg: DictConfig,
     output_dir: Path,
@@ -131,10 +146,10 @@ def build_trainer(
         filename="best-{epoch}",
         monitor="val_loss",
         mode="min",
-        save_last=True,
     )
     all_callbacks: list[Callback] = [
         checkpoint,
+        last_checkpoint(output_dir / "checkpoints"),
         # check_finite: a NaN val_loss stops the run rather than training on for nothing.
         EarlyStopping(monitor="val_loss", mode="min", patience=patience, check_finite=True),
         *(callbacks or []),

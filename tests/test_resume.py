@@ -98,3 +98,47 @@ def test_folder_of_another_config_is_refused(make_cfg, fmnist_root: Path) -> Non
     with pytest.raises(ValueError, match=r"another configuration \(backbone.hidden: '16' -> '8'"):
         train(other)
     assert (Path(other.output_dir) / RECORD).exists()  # the first run's record is kept
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout: float = 300) -> str:
+    """The process's output up to the first line holding `text`."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line or time.monotonic() > deadline:
+            break
+    return "".join(seen)
+
+
+def test_a_run_killed_after_a_worse_epoch_resumes_after_it_and_logs_each_step_once(
+    tmp_path: Path,
+) -> None:
+    """A learning rate too small to move a weight: val_loss never improves after epoch 0, the
+    case where Lightning's `save_last` kept only epoch 0."""
+    out, mlruns = tmp_path / "job", tmp_path / "mlruns"
+    cmd = [
+        sys.executable, "-m", "fashion_sweeps.train", "dataset=clothing_sample",
+        "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16", "optimizer=sgd",
+        "optimizer.lr=1e-30", "trainer.max_epochs=6", "trainer.patience=10",
+        "trainer.progress=lines", "tracking.log_model=false", f"tracking.dir={mlruns}",
+        f"hydra.run.dir={out}",
+    ]  # fmt: skip
+    first = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # The line of epoch 4 is written after epoch 3's checkpoint (its line comes just before).
+    shown = read_until(first, "epoch 4/6")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, shown[-3000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= 2  # 0-based
+
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    client, run = only_run(mlruns)
+    assert run.info.status == "FINISHED" and run.data.tags["attempt"] == "2"
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 6

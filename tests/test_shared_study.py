@@ -4,6 +4,7 @@ condition trained exactly once, claims of dead workers taken back, live ones lef
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def test_claims_of_gone_workers_are_abandoned_and_trained_again(study) -> None:
     other_workers_claim(study, {"optimizer.lr": 0.1}, **{workers.ALIVE: stale})
     other_workers_claim(study, {"optimizer.lr": 0.01}, **{workers.WORKER: workers.worker_id()})
     other_workers_claim(study, {"optimizer.lr": 0.001})  # alive elsewhere
-    assert workers.abandon_leftovers(study) == 2
+    assert len(workers.abandon_leftovers(study)) == 2
     states = {t.user_attrs[PARAMS]["optimizer.lr"]: t for t in study.trials}
     assert states[0.1].user_attrs[OUTCOME] == "abandoned" and states[0.1].state == TrialState.FAIL
     assert states[0.01].user_attrs[OUTCOME] == "abandoned"
@@ -62,15 +63,18 @@ def test_an_unopenable_storage_url_says_what_works() -> None:
         open_storage("nosuchdb://host/db")
 
 
-def screen_worker(workdir: Path, fmnist_root: Path, journal: Path) -> subprocess.Popen:
+def screen_worker(
+    workdir: Path, fmnist_root: Path, journal: Path, extra: list[str] | None = None
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.Popen(
         [
             sys.executable, "-m", "fashion_sweeps.cli", "screen",
             "sweep=tiny", "sweep.name=shared", "dataset=fashion_mnist",
             f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
-            f"optimizer.lr={','.join(LRS)}", f"hydra.sweeper.storage=journal:{journal}",
+            f"hydra.sweeper.storage=journal:{journal}",
             f"tracking.dir={workdir / 'mlruns'}", "trainer.progress=lines",
+            *(extra or [f"optimizer.lr={','.join(LRS)}"]),
         ],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -119,3 +123,47 @@ def test_claims_record_swept_values_as_optuna_params_for_importances(study) -> N
     assert trial is not None
     assert study.trials[-1].params == {"head": "fc"}
     assert study.trials[-1].user_attrs[PARAMS] == new
+
+
+def wait_for(proc: subprocess.Popen, text: str) -> str:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never came:\n{''.join(seen)[-3000:]}")
+
+
+def test_a_condition_of_a_worker_killed_mid_run_is_trained_by_the_survivor(
+    tmp_path: Path, fmnist_root: Path
+) -> None:
+    """The dead worker's condition was passed over by the survivor while it was held: the
+    survivor trains it before closing the stage, never leaving it RUNNING under a parent
+    closed as complete."""
+    journal = tmp_path / "shared" / "optuna.journal"
+    lrs = ["0.01", "0.001"]
+    extra = [f"optimizer.lr={','.join(lrs)}", "sweep.screen.max_epochs=3"]
+    first = screen_worker(tmp_path, fmnist_root, journal, extra)
+    wait_for(first, "epoch 1/3")
+    first.send_signal(signal.SIGSTOP)  # alive, holding its condition, while the other starts
+    try:
+        second = screen_worker(tmp_path, fmnist_root, journal, extra)
+        wait_for(second, "epoch 1/3")  # training its own condition: it passed the held one
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    log = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, log[-3000:]
+
+    study = optuna.load_study(
+        study_name="shared/screen", storage=open_storage(f"journal:{journal}")
+    )
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(str(t.user_attrs[PARAMS]["optimizer.lr"]) for t in finished) == sorted(lrs)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+    (parent,) = [r for r in runs if r.data.tags.get("run_kind") == "stage"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("n_finished") == "2" and "n_running" not in parent.data.tags

@@ -8,6 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+import fashion_sweeps.sweeps.sweeper  # noqa: F401  (registers hydra/sweeper=stages for sweep=)
+from fashion_sweeps.sweeps.identity import sweep_settings
 from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import SearchSpace, params_id
 from fashion_sweeps.sweeps.study import (
@@ -18,7 +20,6 @@ from fashion_sweeps.sweeps.study import (
     outcome_of,
     start_trial,
 )
-from fashion_sweeps.sweeps.sweeper import warn_if_settings_changed
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_finished_and_diverged_are_done_crashed_and_abandoned_are_not(study):
     record(study, 1.0, "diverged")
     record(study, 0.01, "crashed")
     start_trial(study, {"backbone": "mlp", "optimizer.lr": 0.001}, "left running")
-    assert abandon_leftovers(study) == 1
+    assert len(abandon_leftovers(study)) == 1
     assert done_ids(study) == {
         params_id({"backbone": "mlp", "optimizer.lr": 0.1}),
         params_id({"backbone": "mlp", "optimizer.lr": 1.0}),
@@ -91,9 +92,17 @@ def test_a_grid_refuses_a_continuous_range_with_a_clear_error():
         space.grid()
 
 
-def test_other_fixed_settings_on_an_existing_study_are_warned_about(study, caplog):
-    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=32", "tracking.dir=a"])
-    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=32", "tracking.dir=b"])
-    assert "fixed overrides" not in caplog.text  # where runs are logged does not change results
-    warn_if_settings_changed(study, ["dataset=clothing", "dataset.image_size=64"])
-    assert "dataset.image_size=64" in caplog.text and "new `sweep.name`" in caplog.text
+def test_a_study_is_identified_by_every_setting_that_changes_a_result(make_cfg):
+    swept = ["backbone", "optimizer.lr"]
+
+    def settings(*fixed: str) -> dict:
+        cfg = make_cfg("sweep=tiny", "sweep.stage=screen", *fixed)
+        return sweep_settings(cfg, swept, list(fixed))
+
+    same = settings()
+    # Where things are, how runs are tracked or shown, which devices: the same results.
+    assert settings("tracking.gallery_size=2", "cache=off", "dataset.root=/x") == same
+    assert settings("trainer.devices=2", "trainer.log_every_n_steps=1") == same
+    changed = ["dataset.image_size=32", "sweep.screen.max_epochs=2", "backbone.freeze=true"]
+    for setting in [*changed, "seed=7", "label_smoothing=0.1"]:
+        assert settings(setting) != same, setting

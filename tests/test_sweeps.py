@@ -258,3 +258,25 @@ def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workd
         expected.add(f"{backbone}/{head}/{optimizer}/{float(lr) * 0.1:g}/backbone.freeze=0")
     assert {r.info.run_name for r in kids} == expected
     assert {r.data.params["backbone.freeze"] for r in kids} == {"0"}
+
+
+def test_a_changed_fixed_setting_starts_a_new_study_and_the_same_settings_resume(workdir):
+    args = [*common_args(workdir), "sweep.name=fixed", "backbone=mlp", "head=fc"]
+    args += ["optimizer.lr=0.01,0.001", "backbone.hidden=8"]
+    fashion_sweeps(workdir, "screen", *args)
+    smaller = fashion_sweeps(workdir, "screen", *args, "dataset.image_size=12")
+    assert "2 condition(s) planned, 0 done, 2 to train" in output(smaller)
+    assert "dataset.image_size: '16' -> '12'" in output(smaller)
+    assert "new study" in output(smaller)
+    (folder,) = (workdir / "multirun" / "sweeps").glob("fixed.*")  # its own folder and study
+    assert (folder / "screen" / "ranking.csv").exists()
+    assert len(study(workdir, "screen", folder.name).trials) == 2
+    assert len(study(workdir, "screen", "fixed").trials) == 2  # the first sweep's, untouched
+    # The same settings resume their study, whatever is tracked or shown differently.
+    again = fashion_sweeps(
+        workdir, "screen", *args, "dataset.image_size=12", "tracking.gallery_size=2"
+    )
+    assert "2 condition(s) planned, 2 done, 0 to train" in output(again)
+    first = fashion_sweeps(workdir, "screen", *args, "cache=off")
+    assert "2 condition(s) planned, 2 done, 0 to train" in output(first)
+    assert "new study" not in output(first)

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,3 +71,70 @@ def test_runs_land_in_the_tracking_server(server, make_cfg, fmnist_root: Path) -
     assert direct.get_run(run.info.run_id).info.status == "FINISHED"
     assert list((store / "artifacts").rglob("config.yaml"))
     assert not (Path(cfg.tracking.dir) / "mlflow.db").exists()
+
+
+def start_server(store: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` over `store` on 127.0.0.1:`port`, up and answering."""
+    (store / "artifacts").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--serve-artifacts", "--artifacts-destination", str(store / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.RequestException:  # not listening yet, or too busy to answer in time
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("mlflow server did not come up")
+        time.sleep(0.5)
+
+
+def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    port, store, out = free_port(), tmp_path / "server_store", tmp_path / "job"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [
+        sys.executable, "-m", "fashion_sweeps.cli", "train", "dataset=clothing_sample",
+        "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16", "trainer.max_epochs=6",
+        "trainer.patience=10", "trainer.progress=lines", "tracking.log_model=false",
+        f"tracking.uri=http://127.0.0.1:{port}", f"hydra.run.dir={out}",
+    ]  # fmt: skip
+    server = start_server(store, port)
+    try:
+        run = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        shown = []
+        for line in run.stdout:
+            shown.append(line)
+            if "epoch 2/6" in line:
+                break
+        os.killpg(server.pid, signal.SIGKILL)  # the server dies; the run goes on training
+        server.wait()
+        shown.append(run.communicate(timeout=300)[0])
+        text = "".join(shown)
+        assert run.returncode == 1, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        (error,) = [line for line in text.splitlines() if "stopped answering" in line]
+        assert f"hydra.run.dir={out}" in error and "checkpoint" in error
+        assert (out / "checkpoints" / "last.ckpt").exists()  # what was trained is kept
+
+        server = start_server(store, port)  # the server is back: the same command resumes
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        (finished,) = client.search_runs(
+            [client.get_experiment_by_name("clothing_sample").experiment_id]
+        )
+        assert finished.info.status == "FINISHED" and finished.data.tags["attempt"] == "2"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -10,6 +10,8 @@ import os
 import sys
 import textwrap
 
+from fashion_sweeps import interrupts
+
 STAGES = ("screen", "full")
 # Launchers that run several trials at once on this machine.
 LOCAL_PARALLEL_LAUNCHERS = ("joblib", "submitit_local")
@@ -72,12 +74,17 @@ def run_stage(stage: str, args: list[str]) -> None:
     share_cores(args)
     program = sys.argv[0] if sys.argv else "fashion-sweeps"
     sys.argv = [program, *stage_argv(stage, args)]
+    interrupts.install()
     try:
         train_app()
     except KeyboardInterrupt:
-        # The sweeper has already recorded the interruption; no traceback for a Ctrl-C.
-        print(f"\n{stage} interrupted: run the same command again to resume.", file=sys.stderr)
-        raise SystemExit(130) from None
+        # The sweeper has already recorded the interruption; no traceback for a Ctrl-C. A
+        # non-zero exit stops `fashion-sweeps sweep` and `make sweep` before the next step.
+        print(
+            f"\n{stage} {interrupts.reason()}: run the same command again to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(interrupts.exit_code()) from None
 
 
 def screen() -> None:

@@ -18,6 +18,7 @@ from fashion_sweeps.tracking.runs import (
     TrackedRun,
     artifact_root,
     check_reachable,
+    close_dead_runs,
     ensure_experiment,
     tracking_uri,
 )
@@ -33,6 +34,7 @@ def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str
     uri = tracking_uri(tracking)
     check_reachable(uri)
     client = MlflowClient(uri)
+    close_dead_runs(client)
     experiment_id = ensure_experiment(client, experiment, artifact_root(tracking, uri))
     found = client.search_runs(
         [experiment_id],

@@ -113,10 +113,10 @@ def is_done(trial: FrozenTrial) -> bool:
 
 def abandon_leftovers(
     study: optuna.Study, is_leftover: Callable[[FrozenTrial], bool] = lambda trial: True
-) -> int:
+) -> list[FrozenTrial]:
     """Mark open (RUNNING/WAITING) trials for which `is_leftover` holds as failed
-    (`abandoned`), so that their conditions are trained again. By default every open trial:
-    it belongs to an invocation that died."""
+    (`abandoned`), so that their conditions are trained again; return them. By default every
+    open trial: it belongs to an invocation that died."""
     open_trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     leftovers = [t for t in open_trials if is_leftover(t)]
     for trial in leftovers:
@@ -125,12 +125,13 @@ def abandon_leftovers(
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     if leftovers:
         log.warning(
-            "%d trial(s) of study %r were left running by an interrupted worker: their "
-            "conditions are trained again.",
+            "%d condition(s) of study %r were left running by a worker that is gone (%s): "
+            "they are trained again.",
             len(leftovers),
             study.study_name,
+            ", ".join(str(t.user_attrs.get(CONDITION, t.number)) for t in leftovers),
         )
-    return len(leftovers)
+    return leftovers
 
 
 def done_ids(study: optuna.Study) -> set[str]:

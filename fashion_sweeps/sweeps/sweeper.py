@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
 from fashion_sweeps.progress import stage_progress
-from fashion_sweeps.sweeps import stage_run, tables, workers
+from fashion_sweeps.sweeps import identity, stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import (
     GRID_SAMPLER,
@@ -53,6 +53,7 @@ from fashion_sweeps.sweeps.study import (
     open_study,
     outcome_of,
     sqlite_ready,
+    trial_params,
 )
 
 log = logging.getLogger(__name__)
@@ -64,34 +65,6 @@ SWEEP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 class SweepError(CompactHydraException):
     """A stage that cannot run as configured; Hydra prints the message alone."""
-
-
-# Fixed overrides that do not change a condition's result (where it is logged, how it is shown).
-NOT_RESULTS = (
-    "hydra.",
-    "tracking.",
-    "cache.",
-    "trainer.progress",
-    "sweep.stage",
-    "sweep.full.top_k",
-)
-
-
-def warn_if_settings_changed(study: optuna.Study, fixed: list[str]) -> None:
-    """A study keeps results by condition; other fixed settings would make them incomparable."""
-    settings = sorted(line for line in fixed if not line.lstrip("+~").startswith(NOT_RESULTS))
-    before = study.user_attrs.get("fixed_overrides")
-    if before is None:
-        study.set_user_attr("fixed_overrides", settings)
-    elif before != settings:
-        log.warning(
-            "Study %r was started with the fixed overrides %s; this invocation has %s. The "
-            "conditions it holds count as done although they ran with the earlier settings: "
-            "to train them with these, give the sweep a new `sweep.name`.",
-            study.study_name,
-            before,
-            settings,
-        )
 
 
 @dataclass
@@ -252,11 +225,26 @@ class StageSweep:
 
     # -- running ----------------------------------------------------------------------------
 
+    def _choose_sweep(self, settings: DictConfig, space: SearchSpace) -> None:
+        """The sweep these settings belong to (identity.py): `sweep.name`, or another name when
+        its study holds results of other settings. Studies, folders and parents follow it."""
+        self.result_settings = identity.sweep_settings(
+            self.config, space.distributions, space.fixed
+        )
+        given = str(settings.name)
+        name = identity.sweep_name(self.storage, given, self.result_settings)
+        if name == given:
+            return
+        if self.study_name == f"{given}/{settings.stage}":
+            self.study_name = f"{name}/{settings.stage}"
+        settings.name = name  # interpolated into hydra.sweep.dir and full.screen_study
+
     def _plan(
         self, arguments: list[str]
     ) -> tuple[DictConfig, SearchSpace, optuna.Study, list | int, int]:
         settings = self._settings()
         space = SearchSpace.parse(self.params, arguments)
+        self._choose_sweep(settings, space)
         # Exactly one of several workers started together creates the study (workers.py).
         self.created = workers.create_study_if_missing(
             self.storage, self.study_name, self.direction
@@ -264,7 +252,13 @@ class StageSweep:
         study = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
         workers.abandon_leftovers(study)  # claims of workers that are gone
-        warn_if_settings_changed(study, space.fixed)
+        if settings.stage == "screen":
+            identity.record_settings(study, self.result_settings)
+        else:
+            stage_settings = identity.sweep_settings(
+                self.config, space.distributions, space.fixed, stage="full"
+            )
+            identity.check_full_settings(study, stage_settings)
         self.winners = []
         if settings.stage == "screen":
             todo, planned = self._screen_plan(study, space)
@@ -300,8 +294,12 @@ class StageSweep:
             self.config.tracking,
             lambda: stage_run.open_stage_run(self.config.tracking, experiment, name, stage),
         )
-        fixed = [line for line in space.fixed if not line.startswith("sweep.stage=")]
-        fixed += [f"sweep.stage={stage}"]
+        fixed = [
+            line
+            for line in space.fixed
+            if line.lstrip("+~").split("=", 1)[0] not in ("sweep.stage", "sweep.name")
+        ]
+        fixed += [f"sweep.stage={stage}", f"sweep.name={quoted(name)}"]
         common = [
             f"tracking.parent_run_id={quoted(parent.run_id)}",
             f"tracking.experiment={quoted(experiment)}",
@@ -311,6 +309,7 @@ class StageSweep:
         start = time.perf_counter()
         try:
             crashed = self._run(study, space, todo, fixed, common)
+            crashed += self._train_abandoned(study, space, fixed, common)
         except Exception:
             # Too many crashes (or a condition that does not compose): keep what is done visible.
             with contextlib.suppress(Exception):
@@ -435,6 +434,24 @@ class StageSweep:
                 )
                 failures[0].return_value  # re-raises the job's own exception  # noqa: B018
         return crashed
+
+    def _train_abandoned(
+        self, study: optuna.Study, space: SearchSpace, fixed: list[str], common: list[str]
+    ) -> int:
+        """Train the conditions of workers that died while this one worked: it passed them over
+        while they were held, and no one else would train them before the stage is closed as
+        complete. Returns how many crashed."""
+        crashed = 0
+        while True:
+            done = done_ids(study)
+            todo = {
+                params_id(p): p
+                for p in map(trial_params, workers.abandon_leftovers(study))
+                if params_id(p) not in done
+            }
+            if not todo:
+                return crashed
+            crashed += self._run(study, space, list(todo.values()), fixed, common)
 
     @staticmethod
     def _outcome(ret: JobReturn) -> tuple[str, float | None]:

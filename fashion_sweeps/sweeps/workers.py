@@ -43,6 +43,7 @@ from fashion_sweeps.sweeps.study import (
     trial_params,
 )
 from fashion_sweeps.sweeps.study import abandon_leftovers as study_abandon_leftovers
+from fashion_sweeps.tracking.provenance import process_gone
 from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,6 @@ def _identity() -> dict[str, Any]:
     return {WORKER: worker_id(), HOST: socket.gethostname(), PID: os.getpid(), ALIVE: time.time()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def is_leftover(trial: FrozenTrial, now: float | None = None) -> bool:
     """An open (RUNNING/WAITING) trial that no live worker holds any more."""
     if trial.state not in OPEN:
@@ -89,14 +80,14 @@ def is_leftover(trial: FrozenTrial, now: float | None = None) -> bool:
         return True  # a trial of a worker that kept no heartbeat
     if attrs[WORKER] == worker_id():
         return True  # this worker's earlier life: requeued, or started again
-    if attrs.get(HOST) == socket.gethostname() and not _pid_alive(int(attrs.get(PID, 0))):
+    if process_gone(attrs.get(HOST), attrs.get(PID)):
         return True
     return (now or time.time()) - float(attrs.get(ALIVE, 0)) > STALE_S
 
 
-def abandon_leftovers(study: optuna.Study) -> int:
-    """Mark the claims of workers that are gone as failed (`abandoned`): trained again later.
-    Claims of live workers (other processes on the same stage) are left alone."""
+def abandon_leftovers(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark the claims of workers that are gone as failed (`abandoned`), to be trained again;
+    return them. Claims of live workers (other processes on the same stage) are left alone."""
     return study_abandon_leftovers(study, is_leftover)
 
 

@@ -22,8 +22,10 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
@@ -37,25 +39,15 @@ log = logging.getLogger(__name__)
 RECORD = "mlflow_run.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 DONE = ("finished", "diverged")
-# Config keys allowed to differ between attempts of one run: where and how it runs and is
-# tracked. Any other difference means the folder holds another experiment.
-MAY_CHANGE = (
-    "tracking.",
-    "trainer.",
-    "cache.",
-    "sweep.",  # stage bookkeeping (top_k, the stage's epochs: those reach the run via trainer.*)
-    "recipe",  # a recipe's study facts and target (conf/experiment/), not what it trains
-    "output_dir",
-    "dataset.root",
-    "dataset.reader.root",
-    "dataset.num_workers",
-    "dataset.decode_workers",
-)
+POLICY = 2  # records before it kept trainer.* and sweep.* out of the identity, but no more
 
 
 def identity(cfg: DictConfig) -> dict[str, str]:
-    """The flattened config values that define what a run trains."""
-    return {k: v for k, v in config_params(cfg).items() if not k.startswith(MAY_CHANGE)}
+    """The flattened config values that define what a run trains (settings.py); a continued run
+    may also train for more epochs than its first attempt planned."""
+    return {
+        k: v for k, v in result_settings(config_params(cfg)).items() if k not in CONTINUABLE_KEYS
+    }
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -72,10 +64,23 @@ def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
 
 
 class RecordedRun(TrackedRun):
-    """A TrackedRun that mirrors its status and best val_loss into the folder's record."""
+    """A TrackedRun that mirrors its status and best val_loss into the folder's record, and logs
+    a metric at most once per step: a continued run trains again the epochs its killed attempt
+    logged after the last checkpoint, and Lightning logs `epoch` with every batch of metrics."""
 
     record_dir: Path
     record: dict[str, Any]
+    steps: dict[str, set[int]]  # metric -> the steps logged (by any attempt)
+
+    def _unlogged(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
+        new = {k: v for k, v in metrics.items() if step not in self.steps.get(k, ())}
+        for key in new:
+            self.steps.setdefault(key, set()).add(step)
+        return new
+
+    def lightning_logger(self) -> MLFlowLogger:
+        """Lightning's per-epoch metrics through the same once-per-step filter."""
+        return _OncePerStepLogger(self)
 
     def _save(self, **changes: Any) -> None:
         self.record.update(changes)
@@ -87,7 +92,7 @@ class RecordedRun(TrackedRun):
             self._save(status=str(tags["status"]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        super().log_metrics(metrics, step)
+        super().log_metrics(self._unlogged(metrics, step), step)
         if "best_val_loss" in metrics:
             self._save(best_val_loss=float(metrics["best_val_loss"]))
 
@@ -97,9 +102,22 @@ class RecordedRun(TrackedRun):
             self._save(status=status.lower())
 
 
+class _OncePerStepLogger(MLFlowLogger):
+    def __init__(self, run: RecordedRun) -> None:
+        experiment = run.client.get_experiment(run.experiment_id).name
+        super().__init__(experiment_name=experiment, tracking_uri=run.uri, run_id=run.run_id)
+        self.run = run
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        new = self.run._unlogged(metrics, step or 0)
+        if new:
+            super().log_metrics(new, step)
+
+
 class ContinuedRun(RecordedRun):
     """A run continued by a relaunched job. MLflow params cannot change, so only params not logged
-    by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported."""
+    by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported.
+    Its `steps` start from what the earlier attempts logged."""
 
     logged: dict[str, str]
 
@@ -183,14 +201,16 @@ class JobRun:
 
 def _check_same_experiment(output_dir: Path, record: Mapping[str, Any], cfg: DictConfig) -> None:
     before, now = record.get("identity", {}), identity(cfg)
-    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differ[:8])
+    if record.get("policy") != POLICY:  # an earlier version's record: the keys it holds
+        before = result_settings(before)
+        now = {k: v for k, v in now.items() if k in before}
+    shown = differences(before, now)
+    if shown:
         raise ValueError(
             f"{output_dir} holds the run {record.get('run_id')} of another configuration "
-            f"({shown}{' ...' if len(differ) > 8 else ''}). A relaunched job continues the run of "
-            "its output folder only with the same config: choose another folder "
-            "(hydra.run.dir=...) or delete this one to start over."
+            f"({shown}). A relaunched job continues the run of its output folder only with the "
+            "same settings: choose another folder (hydra.run.dir=...) or delete this one to "
+            "start over."
         )
 
 
@@ -225,7 +245,10 @@ def _continue(
         return None
     run = ContinuedRun(client, previous.info.run_id, previous.info.experiment_id, uri)
     run.logged = dict(previous.data.params)
-    client.update_run(run.run_id, status="RUNNING")
+    run.steps = {
+        key: {m.step for m in client.get_metric_history(run.run_id, key)}
+        for key in previous.data.metrics
+    }
     if "failure_reason" in previous.data.tags:
         client.delete_tag(run.run_id, "failure_reason")
     attempt = int(previous.data.tags.get("attempt", "1")) + 1
@@ -237,6 +260,8 @@ def _continue(
         "attempt": str(attempt),
     }.items():
         client.set_tag(run.run_id, key, str(value))
+    # RUNNING after the new pid is tagged: a RUNNING run naming a dead pid gets closed (runs.py).
+    client.update_run(run.run_id, status="RUNNING")
     return run
 
 
@@ -281,7 +306,8 @@ def open_job_run(
             tags={**recipe_tags(cfg), **tags, **where_it_runs(), "attempt": "1"},
             parent_run_id=parent_run_id,
         )
-        record = {"run_id": run.run_id, "identity": identity(cfg)}
+        run.steps = {}
+        record = {"run_id": run.run_id, "identity": identity(cfg), "policy": POLICY}
     run.record_dir = output_dir
     run.record = {
         **record,

@@ -20,6 +20,9 @@ def where_it_runs() -> dict[str, str]:
     """Tags that find a run's process and logs: host, pid and, on SLURM, the job (array) id; the
     `machine` its figures were measured on; the `command` that runs it again."""
     tags = {"host": socket.gethostname(), "pid": str(os.getpid()), "machine": machine()}
+    started = process_start(os.getpid())
+    if started:
+        tags["pid_started"] = started
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
     if job:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -28,6 +31,34 @@ def where_it_runs() -> dict[str, str]:
     if command:
         tags["command"] = command
     return tags
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started, in clock ticks since boot (Linux's /proc); None elsewhere or when
+    the process is gone. With the pid it names one process: pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # Field 22; the command name (field 2, in parentheses) may hold spaces, so count after it.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_gone(host: str | None, pid: str | int | None, started: str | None = None) -> bool:
+    """Whether the process a run or a sweep claim names (tags host, pid, pid_started) has ended.
+    Only a process of this host can be looked at: any other counts as alive."""
+    if host != socket.gethostname() or not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        pass
+    except (ValueError, OverflowError):  # not a pid
+        return False
+    now = process_start(int(pid))  # a live process of that pid: the same one, or a newer one?
+    return started is not None and now is not None and now != started
 
 
 def recipe_tags(cfg: DictConfig) -> dict[str, str]:

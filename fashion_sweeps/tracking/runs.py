@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ from mlflow.entities import DatasetInput, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_sweeps.tracking.provenance import process_gone
+
 log = logging.getLogger(__name__)
 
 # MLflow retries an unreachable server for minutes by default; we check once, quickly, first.
@@ -29,6 +32,29 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 class TrackingUnavailableError(RuntimeError):
     """The tracking store cannot be reached or opened."""
+
+
+class TrackingLostError(TrackingUnavailableError):
+    """The store stopped answering while a run was under way."""
+
+
+def lost_store(uri: str, err: BaseException) -> str | None:
+    """Why `err` happened, when it came from a tracking store that no longer answers (None
+    when it did not: the store answers, or the error is another one)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, MlflowException | RequestException):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not uri:
+        return None
+    try:
+        check_reachable(uri)
+    except TrackingUnavailableError:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        return f"{type(cause).__name__}: {first}"[:300]
+    return None
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -88,6 +114,43 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def close_dead_runs(client: MlflowClient) -> int:
+    """Close as KILLED the runs left RUNNING by processes of this host that are gone (kill -9, an
+    out-of-memory kill, a crashed machine): nothing else ever would. Runs of other hosts cannot
+    be judged from here and stay as they are. Returns how many were closed."""
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=50000)]
+    if not experiments:
+        return 0
+    running = client.search_runs(
+        experiments,
+        filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'",
+        max_results=50000,
+    )
+    dead = [
+        r
+        for r in running
+        if process_gone(host, r.data.tags.get("pid"), r.data.tags.get("pid_started"))
+    ]
+    for run in dead:
+        pid = run.data.tags.get("pid")
+        reason = (
+            f"interrupted: its process (pid {pid} on {host}) ended without closing the run "
+            "(killed with -9, out of memory, or the machine stopped)"
+        )
+        client.set_tag(run.info.run_id, "status", "interrupted")
+        client.set_tag(run.info.run_id, "failure_reason", reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+    if dead:
+        log.warning(
+            "Closed %d MLflow run(s) as KILLED whose process on %s is gone: %s",
+            len(dead),
+            host,
+            ", ".join(r.info.run_id for r in dead),
+        )
+    return len(dead)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -153,6 +216,7 @@ class TrackedRun:
         uri = tracking_uri(cfg)
         check_reachable(uri)
         client = MlflowClient(uri)
+        close_dead_runs(client)
         experiment_id = ensure_experiment(client, experiment, artifact_root(cfg, uri))
         all_tags = dict(tags or {})
         if parent_run_id:

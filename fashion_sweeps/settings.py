@@ -1,0 +1,61 @@
+"""Which settings change a result: the one policy behind every "are these runs comparable?".
+
+Three places ask it: a run folder continued by a relaunched job (tracking/job_run.py), a sweep's
+study, which keeps its conditions' results across invocations (sweeps/identity.py), and the
+results page, which compares runs with a recipe (results.py). A setting changes a result unless
+it only says where things are (data, outputs, caches, the tracking store), how a run is shown or
+tracked, or which devices run it. Keys are flattened config keys (`dataset.image_size`) or the
+keys of command-line overrides (`trainer=gpu`, `+tracking.tags.x=1`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Every key under these: where runs are tracked and logged (tracking, hydra), the caches (their
+# entries are keyed by what they hold), a sweep's bookkeeping (its epochs reach each run as
+# trainer.*), a recipe's study facts (what it reported, not what it trains).
+NOT_A_RESULT_GROUPS = ("tracking", "hydra", "cache", "sweep", "recipe")
+NOT_A_RESULT_KEYS = frozenset(
+    {
+        "output_dir",
+        # where the data is and how fast it is read
+        "dataset.root",
+        "dataset.reader.root",
+        "dataset.reader.download",
+        "dataset.num_workers",
+        "dataset.decode_workers",
+        "backbone.weights_path",  # where the weights file is; which weights: `pretrained`
+        # which devices run it, how progress is shown
+        "trainer",  # the option as a whole (trainer=gpu); its precision is compared as a key
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.strategy",
+        "trainer.sync_batchnorm",
+        "trainer.progress",
+        "trainer.log_every_n_steps",
+    }
+)
+# A continued run may train for longer than its first attempt planned: nothing computed changes.
+CONTINUABLE_KEYS = frozenset({"trainer.max_epochs", "trainer.patience"})
+
+
+def changes_result(key: str) -> bool:
+    """Whether a config key (or an override's key, `+`/`~` prefixes allowed) changes a result."""
+    key = key.lstrip("+~")
+    if key in NOT_A_RESULT_KEYS:
+        return False
+    return not any(key == group or key.startswith(f"{group}.") for group in NOT_A_RESULT_GROUPS)
+
+
+def result_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """The flattened settings (as `config_params` gives them) that change a result."""
+    return {key: value for key, value in params.items() if changes_result(key)}
+
+
+def differences(before: Mapping[str, str], now: Mapping[str, str], shown: int = 8) -> str:
+    """`key: 'a' -> 'b'; ...` for the keys whose values differ ('' when none do)."""
+    keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    text = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys[:shown])
+    return text + (" ..." if len(keys) > shown else "")
