@@ -59,6 +59,8 @@ def test_slurm_preset_starts_one_task_per_device_on_each_node() -> None:
     assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_task) == (4, 2, 1)
     assert launcher.partition == "gpu"
     assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.nodes) == (1, 1)
+    # A GPU asked for on a CPU-only cluster: sbatch refuses the whole array (invalid gres).
+    assert cpu.hydra.launcher.gpus_per_task is None
 
 
 @pytest.mark.parametrize(
