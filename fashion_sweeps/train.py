@@ -279,4 +279,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # The task function Hydra hands to a launcher must be importable: a function of `__main__`
+    # is pickled by value for SLURM/submitit jobs, with its module's globals, and torch's
+    # `torch.classes` among them cannot be pickled.
+    from fashion_sweeps.train import main as importable_main
+
+    importable_main()

@@ -258,3 +258,60 @@ def test_two_workers_of_an_sbatch_array_share_a_postgresql_study_and_tracking_se
     # The server keeps them in PostgreSQL.
     direct = MlflowClient(store)
     assert direct.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.communicate()[0] if proc.poll() is not None else ""
+            pytest.fail(f"{what} did not happen: {out[-3000:]}")
+        time.sleep(1)
+
+
+def release_requeued(job: str, proc: subprocess.Popen) -> None:
+    """SLURM holds a requeued job for two minutes (BeginTime); let it start again at once."""
+
+    def pending() -> bool:
+        return slurm("squeue", "-h", "-j", job, "-o", "%T") == "PENDING"
+
+    wait_for(f"job {job} back in the queue", pending, proc, 120)
+    slurm("scontrol", "update", f"jobid={job}", "starttime=now")
+
+
+def test_a_run_requeued_by_slurm_resumes_from_its_checkpoint_in_the_same_mlflow_run(
+    cluster: dict[str, str], tmp_path: Path
+) -> None:
+    epochs, out = 20, tmp_path / "multirun"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "fashion_sweeps.train", "--multirun", "dataset=clothing_sample",
+            "trainer=cpu", "backbone=mlp", "backbone.hidden=16", "dataset.image_size=16",
+            "dataset.batch_size=8", f"trainer.max_epochs={epochs}", "trainer.patience=1000",
+            "trainer.progress=lines", "tracking.log_model=false", f"tracking.dir={tmp_path / 'mlruns'}",
+            "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={out}",
+        ],
+        cwd=tmp_path, env=job_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    last = out / "0" / "checkpoints" / "last.ckpt"
+    wait_for("a first checkpoint", last.exists, proc, 300)
+    (job,) = [p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()]
+    slurm("scontrol", "requeue", job)  # what a preemption with requeue does
+    release_requeued(job, proc)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")
+    (run,) = all_runs(client)  # continued, not started again
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["attempt"] == "2"
+    assert run.data.tags["resumed_from"] == str(last)
+    assert run.data.tags["slurm_job_id"] == job
+    assert run.data.metrics["epochs_run"] == epochs
+    assert "Restarts=1" in slurm("scontrol", "show", "job", job)
