@@ -315,3 +315,72 @@ def test_a_run_requeued_by_slurm_resumes_from_its_checkpoint_in_the_same_mlflow_
     assert run.data.tags["slurm_job_id"] == job
     assert run.data.metrics["epochs_run"] == epochs
     assert "Restarts=1" in slurm("scontrol", "show", "job", job)
+
+
+WORKER_SCRIPT = """#!/bin/bash
+#SBATCH --job-name=worker --cpus-per-task=1 --mem=2G --time=00:15:00
+#SBATCH --output={out}/slurm-%j.out
+cd {out}
+{python} -m fashion_sweeps.cli screen {args}
+"""
+
+
+def submit_worker(tmp_path: Path, args: list[str], *, wait: bool) -> subprocess.CompletedProcess:
+    script = tmp_path / "worker.sbatch"
+    script.write_text(
+        WORKER_SCRIPT.format(out=tmp_path, python=sys.executable, args=" ".join(args))
+    )
+    return subprocess.run(
+        ["sbatch", "--parsable", *(["--wait"] if wait else []), str(script)],
+        cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
+    cluster: dict[str, str], database: Callable[[], str], tmp_path: Path
+) -> None:
+    storage = database()
+    args = [
+        *SCREEN, "sweep.name=kill", "backbone=mlp", "optimizer.lr=0.01,0.001",
+        "sweep.screen.max_epochs=15", "dataset.batch_size=8", f"hydra.sweeper.storage={storage}",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+    ]  # fmt: skip
+    first = submit_worker(tmp_path, args, wait=False).stdout.strip()
+    stage = tmp_path / "multirun/sweeps/kill/screen"
+    deadline = time.monotonic() + 300
+    while not list(stage.glob("*/*/*/*/checkpoints/last.ckpt")):  # mid-condition
+        assert slurm("squeue", "-h", "-j", first, "-o", "%T"), "the worker ended before its kill"
+        assert time.monotonic() < deadline, "the first worker never reached a checkpoint"
+        time.sleep(1)
+    slurm("scancel", first)
+    while slurm("squeue", "-h", "-j", first, "-o", "%T"):
+        time.sleep(1)
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")
+    parent, _ = stage_children(client)
+    assert parent.info.status != "FINISHED", "the stage closed while a condition was missing"
+    study = optuna.load_study(study_name="kill/screen", storage=open_storage(storage))
+    killed = {t.user_attrs[CONDITION] for t in study.trials if t.state != TrialState.COMPLETE}
+    assert killed, "the killed worker's condition is not done"
+
+    later = submit_worker(tmp_path, args, wait=True)
+    logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("slurm-*.out")))
+    assert later.returncode == 0, logs
+    study = optuna.load_study(study_name="kill/screen", storage=open_storage(storage))
+    finished = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.user_attrs[CONDITION] for t in finished) == [
+        "mlp/fc/adam/0.001",
+        "mlp/fc/adam/0.01",
+    ]
+    second = later.stdout.strip()
+    assert all(
+        t.user_attrs[WORKER] == f"slurm-{second}.0"
+        for t in finished
+        if t.user_attrs[CONDITION] in killed
+    )
+    parent, children = stage_children(client)
+    assert parent.info.status == "FINISHED"
+    # Each condition one MLflow run: the killed one continued from its checkpoint.
+    assert sorted(r.info.run_name for r in children) == ["mlp/fc/adam/0.001", "mlp/fc/adam/0.01"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["attempt"] for r in children if r.info.run_name in killed} == {"2"}
