@@ -23,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -40,7 +41,7 @@ def storage_spec(kind: str, folder: Path) -> str:
     return kind  # a database URL
 
 
-def worker(spec: str, study: str, first: int, count: int, deadline: float, out: mp.Queue) -> None:
+def worker(spec: str, study: str, first: int, count: int, deadline: float, out: Any) -> None:
     """Claim and finish conditions first..first+count-1; put (study size, seconds) per trial:
     the trial's number is how many trials the study held when it was claimed."""
     opened = open_study(spec, study, "minimize")
@@ -61,13 +62,15 @@ def run(spec: str, n_workers: int, trials: int, seconds: float) -> list[tuple[in
     """All workers on one new study; (study size, seconds) of every claim-and-finish."""
     study = f"bench-{uuid.uuid4().hex[:8]}"
     workers.create_study_if_missing(spec, study, "minimize")
-    queue: mp.Queue = mp.Queue()
+    # Spawned, not forked: independent processes, as sweep workers are.
+    context = mp.get_context("spawn")
+    queue = context.Queue()
     deadline = time.time() + seconds
     # Disjoint ranges: every claim uncontested, as in a sweep whose workers skip the conditions
     # others hold (a contested claim costs one more read of the study).
     per = trials // n_workers
     procs = [
-        mp.Process(target=worker, args=(spec, study, w * per, per, deadline, queue))
+        context.Process(target=worker, args=(spec, study, w * per, per, deadline, queue))
         for w in range(n_workers)
     ]
     for p in procs:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def open_storage(spec: str) -> BaseStorage:
     try:
         if spec.startswith("sqlite:"):
             return optuna.storages.get_storage(spec)
-        return _server_storage(spec)
+        return _server_storage(spec, os.getpid())
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or a missing driver
         raise ValueError(
             f"hydra.sweeper.storage={spec!r} cannot be opened ({type(err).__name__}: {err}). Use "
@@ -51,8 +52,9 @@ def open_storage(spec: str) -> BaseStorage:
 
 
 @functools.cache
-def _server_storage(url: str) -> BaseStorage:
+def _server_storage(url: str, pid: int) -> BaseStorage:
     """One storage, so one connection pool, per database server URL and process: a sweep opens
     its storage several times (creating, loading, each stage), and every Optuna storage object
-    keeps its own pool open."""
+    keeps its own pool open. Keyed by process id too: a forked child must not talk over its
+    parent's connections (the server sees one client sending two streams and drops it)."""
     return optuna.storages.get_storage(RDBStorage(url, engine_kwargs=dict(SERVER_ENGINE)))
