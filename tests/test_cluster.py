@@ -1,6 +1,7 @@
 """On a real one-node SLURM and a real PostgreSQL server (`.ci/cluster up`): the screen as a SLURM
 job array through `hydra/launcher=slurm`, two independent workers of an `#SBATCH --array` job on
-one PostgreSQL study, an MLflow server over a PostgreSQL store, a run requeued by SLURM.
+one PostgreSQL study, an MLflow server over a PostgreSQL store, a run requeued by SLURM, a worker
+killed by scancel whose condition a later worker trains.
 
 Marked `cluster`; they run as root (the script installs and starts the daemons), else they are
 skipped. Tiny on purpose: the bundled sample at 16 px, 1 epoch, 1 CPU per job.
