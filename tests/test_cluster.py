@@ -4,7 +4,8 @@ one PostgreSQL study, an MLflow server over a PostgreSQL store, a run requeued b
 killed by scancel whose condition a later worker trains.
 
 Marked `cluster`; they run as root (the script installs and starts the daemons), else they are
-skipped. Tiny on purpose: the bundled sample at 16 px, 1 epoch, 1 CPU per job.
+skipped. Tiny on purpose: the bundled sample at 16 px, 1 epoch, 1 CPU per job. The requeue and
+scancel tests are also `slow` (`make test-slow`): CI runs the other two, ~4 minutes.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def pg_tracking_server(database: Callable[[], str], tmp_path: Path) -> Iterator[
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a fresh PostgreSQL store: MLflow creates its tables first
     while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
@@ -284,6 +285,7 @@ def release_requeued(job: str, proc: subprocess.Popen) -> None:
     slurm("scontrol", "update", f"jobid={job}", "starttime=now")
 
 
+@pytest.mark.slow  # ~1.5-2 min each: `make test-slow`, beside the CI budget
 def test_a_run_requeued_by_slurm_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
@@ -337,6 +339,7 @@ def submit_worker(tmp_path: Path, args: list[str], *, wait: bool) -> subprocess.
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~1.5-2 min each: `make test-slow`, beside the CI budget
 def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
     cluster: dict[str, str], database: Callable[[], str], tmp_path: Path
 ) -> None:
