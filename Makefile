@@ -100,12 +100,16 @@ STORE ?= $(CURDIR)/mlruns
 # The runs' database: SQLite in STORE, or a database server for many concurrent workers, e.g.
 # BACKEND=postgresql://user:pass@dbhost/mlflow (needs `pip install -e ".[postgres]"`).
 BACKEND ?= sqlite:///$(abspath $(STORE))/mlflow.db
+# With WORKERS > 1, uvicorn restarts a worker that misses a 5 s health check; one still
+# importing MLflow on a loaded machine misses it every time and the server never comes up.
+HEALTHCHECK_S ?= 120
 
 server:  ## MLflow tracking server on 127.0.0.1:5000 (HOST=, PORT=, BACKEND=): SQLite mlruns/mlflow.db, artifacts mlruns/artifacts
 	mkdir -p $(STORE)/artifacts
 	$(BIN)/mlflow server --backend-store-uri $(BACKEND) \
 		--serve-artifacts --artifacts-destination $(abspath $(STORE))/artifacts \
 		--host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--uvicorn-opts "--timeout-worker-healthcheck $(HEALTHCHECK_S)" \
 		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 clean:  ## remove run outputs and the local MLflow store (keeps the placeholders)
