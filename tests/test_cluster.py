@@ -151,7 +151,7 @@ def pg_tracking_server(database: Callable[[], str], tmp_path: Path) -> Iterator[
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # a fresh PostgreSQL store: MLflow creates its tables first
+    deadline = time.monotonic() + 600  # creating the tables of a fresh store, on a loaded machine
     while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
