@@ -173,8 +173,8 @@ def free_port() -> int:
 
 def _healthy(url: str) -> bool:
     try:
-        return requests.get(f"{url}/health", timeout=2).ok
-    except requests.ConnectionError:
+        return requests.get(f"{url}/health", timeout=10).ok
+    except requests.RequestException:  # not listening yet, or still too busy starting to answer
         return False
 
 
