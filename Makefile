@@ -25,7 +25,7 @@ install:  ## create .venv and install the package (editable) with its test tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[test,dashboard]"
+	$(BIN)/pip install --quiet -e ".[test,dashboard,postgres]"
 
 test:  ## the test suite (offline, CPU, tiny data; a few minutes)
 	$(BIN)/pytest -q
@@ -97,12 +97,19 @@ PORT ?= 5000
 WORKERS ?= 2
 ALLOWED_HOSTS ?=
 STORE ?= $(CURDIR)/mlruns
+# The runs' database: SQLite in STORE, or a database server for many concurrent workers, e.g.
+# BACKEND=postgresql://user:pass@dbhost/mlflow (needs `pip install -e ".[postgres]"`).
+BACKEND ?= sqlite:///$(abspath $(STORE))/mlflow.db
+# With WORKERS > 1, uvicorn restarts a worker that misses a 5 s health check; one still
+# importing MLflow on a loaded machine misses it every time and the server never comes up.
+HEALTHCHECK_S ?= 120
 
-server:  ## MLflow tracking server on 127.0.0.1:5000 (HOST=, PORT=): SQLite mlruns/mlflow.db, artifacts mlruns/artifacts
+server:  ## MLflow tracking server on 127.0.0.1:5000 (HOST=, PORT=, BACKEND=): SQLite mlruns/mlflow.db, artifacts mlruns/artifacts
 	mkdir -p $(STORE)/artifacts
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+	$(BIN)/mlflow server --backend-store-uri $(BACKEND) \
 		--serve-artifacts --artifacts-destination $(abspath $(STORE))/artifacts \
 		--host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--uvicorn-opts "--timeout-worker-healthcheck $(HEALTHCHECK_S)" \
 		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 clean:  ## remove run outputs and the local MLflow store (keeps the placeholders)

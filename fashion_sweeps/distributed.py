@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
@@ -38,6 +39,17 @@ def global_rank() -> int:
 
 def is_rank_zero() -> bool:
     return global_rank() == 0
+
+
+def fit_threads_to_allocation() -> None:
+    """Use as many torch threads as SLURM gave this task cores. Where SLURM does not bind tasks
+    to their cores (TaskPlugin=task/none, some clusters), each task sees every core of its node
+    and torch would start one thread per core in every task sharing the node: array tasks of a
+    screen then oversubscribe it several times over."""
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
+    if 0 < cpus < torch.get_num_threads():
+        log.info("Using %d torch threads, the cores SLURM allocated to this task.", cpus)
+        torch.set_num_threads(cpus)
 
 
 def _external_launch_id() -> str | None:

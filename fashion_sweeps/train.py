@@ -29,6 +29,7 @@ from fashion_sweeps.data.sampling import SamplerError, sampling_summary
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.distributed import (
     check_relaunch_possible,
+    fit_threads_to_allocation,
     is_rank_zero,
     mark_data_ready,
     wait_for_rank_zero_data,
@@ -71,6 +72,7 @@ def output_dir(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
+    fit_threads_to_allocation()
     pl.seed_everything(cfg.seed, workers=True)
     # Config errors, before any run is opened or data read.
     check_knn_config(cfg)
@@ -326,4 +328,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # The task function Hydra hands to a launcher must be importable: a function of `__main__`
+    # is pickled by value for SLURM/submitit jobs, with its module's globals, and torch's
+    # `torch.classes` among them cannot be pickled.
+    from fashion_sweeps.train import main as importable_main
+
+    importable_main()

@@ -59,6 +59,8 @@ def test_slurm_preset_starts_one_task_per_device_on_each_node() -> None:
     assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_task) == (4, 2, 1)
     assert launcher.partition == "gpu"
     assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.nodes) == (1, 1)
+    # A GPU asked for on a CPU-only cluster: sbatch refuses the whole array (invalid gres).
+    assert cpu.hydra.launcher.gpus_per_task is None
 
 
 @pytest.mark.parametrize(
@@ -80,3 +82,17 @@ def test_trials_side_by_side_make_idle_threads_sleep(monkeypatch, args, preset, 
         monkeypatch.setenv("OMP_WAIT_POLICY", preset)
     share_cores(args)
     assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_a_slurm_task_trains_with_as_many_threads_as_it_was_given_cores(monkeypatch) -> None:
+    import torch
+
+    from fashion_sweeps.distributed import fit_threads_to_allocation
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    try:
+        fit_threads_to_allocation()  # without CPU binding a task sees every core of its node
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

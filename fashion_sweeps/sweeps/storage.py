@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 JOURNAL = "journal:"
+# A worker uses at most two connections at once: its sweep and its heartbeat thread. A small pool
+# per process keeps hundreds of workers under the server's max_connections (PostgreSQL: 100 by
+# default); pre-ping replaces connections the server or a firewall dropped during a long trial.
+SERVER_ENGINE: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
 
 
 def journal_path(spec: str) -> Path:
@@ -33,10 +40,21 @@ def open_storage(spec: str) -> BaseStorage:
         # The default lock (a symlink) works on NFS, unlike fcntl locks on many clusters.
         return JournalStorage(JournalFileBackend(str(journal_path(spec))))
     try:
-        return optuna.storages.get_storage(spec)
+        if spec.startswith("sqlite:"):
+            return optuna.storages.get_storage(spec)
+        return _server_storage(spec, os.getpid())
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or a missing driver
         raise ValueError(
             f"hydra.sweeper.storage={spec!r} cannot be opened ({type(err).__name__}: {err}). Use "
             "sqlite:///path.db (one machine), journal:/shared/path.journal (a shared "
             "filesystem) or a database URL such as postgresql://user:pass@host/db."
         ) from err
+
+
+@functools.cache
+def _server_storage(url: str, pid: int) -> BaseStorage:
+    """One storage, so one connection pool, per database server URL and process: a sweep opens
+    its storage several times (creating, loading, each stage), and every Optuna storage object
+    keeps its own pool open. Keyed by process id too: a forked child must not talk over its
+    parent's connections (the server sees one client sending two streams and drops it)."""
+    return optuna.storages.get_storage(RDBStorage(url, engine_kwargs=dict(SERVER_ENGINE)))

@@ -85,6 +85,10 @@ def check_reachable(uri: str) -> None:
 
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.ReadTimeout:
+            # It took the connection: up but busy (many workers starting at once). MLflow's
+            # client retries its own requests, so train rather than give up the condition.
+            log.warning("The MLflow tracking server at %s is slow to answer: going on.", uri)
         except requests.RequestException as err:
             raise TrackingUnavailableError(
                 f"The MLflow tracking server at {uri} does not answer ({err}). Start it "
