@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    from fashion_sweeps.redact import install_log_redaction
+
+    install_log_redaction()  # before any command logs a tracking URI
     if name not in COMMANDS:
         print(f"fashion-sweeps: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2

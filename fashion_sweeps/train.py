@@ -44,6 +44,7 @@ from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
 from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
 from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.redact import install_log_redaction, redact_file
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
 from fashion_sweeps.tracking.run_results import log_run_results
@@ -52,6 +53,8 @@ from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trai
 from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
+# `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.
+install_log_redaction()
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -258,8 +261,22 @@ def user_error(err: BaseException | None) -> BaseException | None:
     return None
 
 
+def redact_hydra_files() -> None:
+    """Hydra writes the job's config and overrides (`.hydra/`, the sweep's `multirun.yaml`)
+    before the job starts, tracking URI and all: mask its credentials there."""
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        files += (Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    for path in files:
+        redact_file(path)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    redact_hydra_files()
     try:
         return train(cfg)
     except Exception as err:

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps.redact import redact
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
     check_reachable,
     config_params,
+    config_yaml,
     tracking_uri,
 )
 
@@ -126,7 +128,7 @@ class ContinuedRun(RecordedRun):
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             super().log_params(dict(items[i : i + 100]))
         self.logged.update(items)
-        self.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        self.log_text(config_yaml(cfg), "config.yaml")
 
 
 class SilentRun(TrackedRun):
@@ -196,12 +198,13 @@ def _continue(
 ) -> ContinuedRun | None:
     """Reopen the recorded MLflow run; None when it is gone (deleted, or another store)."""
     uri = tracking_uri(cfg.tracking)
-    if record.get("tracking_uri") != uri:
+    # The record keeps the URI redacted: compared as such.
+    if redact(str(record.get("tracking_uri"))) != redact(uri):
         log.warning(
             "%s was tracked in %s, now %s: starting a new MLflow run for the continued training.",
             output_dir,
             record.get("tracking_uri"),
-            uri,
+            redact(uri),
         )
         return None
     check_reachable(uri)
@@ -228,7 +231,7 @@ def _continue(
         "status": "running",
         "attempt": str(attempt),
     }.items():
-        client.set_tag(run.run_id, key, str(value))
+        client.set_tag(run.run_id, key, redact(str(value)))
     return run
 
 
@@ -278,7 +281,7 @@ def open_job_run(
     run.record = {
         **record,
         "run_id": run.run_id,
-        "tracking_uri": run.uri,
+        "tracking_uri": redact(run.uri),
         "status": "running",
         "best_val_loss": None,
     }
