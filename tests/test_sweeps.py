@@ -247,3 +247,35 @@ def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workd
         expected.add(f"{backbone}/{head}/{optimizer}/{float(lr) * 0.1:g}/backbone.freeze=0")
     assert {r.info.run_name for r in kids} == expected
     assert {r.data.params["backbone.freeze"] for r in kids} == {"0"}
+
+
+def test_swept_values_never_place_outputs_outside_the_stage_folder(tmp_path: Path) -> None:
+    """A swept value is part of the condition's folder name, not a path: `..`, `/` and absolute
+    paths stay inside multirun/sweeps/<name>/<stage>/."""
+    write_clothing(tmp_path / "clothing", per_class=6)
+    # From the condition folder `.../mlp/fc/adam/0.01/note=..`, nine more `..` reach tmp_path.
+    escape = "../" * 10 + "escaped"
+    args = [*common_args(tmp_path), "sweep.name=esc", "backbone=mlp", "head=fc"]
+    args += ["optimizer.lr=0.01", f"++note={escape},/abs/olute"]
+    result = fashion_sweeps(tmp_path, "screen", *args)
+    assert "mlp/fc/adam/0.01/note=/abs/olute: finished" in output(result)
+    assert not (tmp_path / "escaped").exists()
+    stage = (tmp_path / "multirun" / "sweeps" / "esc" / "screen").resolve()
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert len(checkpoints) >= 2
+    assert all(p.resolve().is_relative_to(stage) for p in checkpoints), checkpoints
+    records = [p.parent for p in tmp_path.rglob("mlflow_run.json")]
+    assert [p.resolve().parent for p in records] == [stage / "mlp" / "fc" / "adam" / "0.01"] * 2
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_sweep_name_that_is_not_a_folder_name_is_refused(tmp_path: Path, name: str) -> None:
+    write_clothing(tmp_path / "clothing", per_class=2)
+    args = [*common_args(tmp_path), f"sweep.name={name}", "backbone=mlp", "head=fc"]
+    result = fashion_sweeps(tmp_path, "screen", *args, "optimizer.lr=0.01", check=False)
+    assert result.returncode != 0
+    assert f"sweep.name={name!r}" in output(result) and "Traceback" not in output(result)
+    assert not (tmp_path / "multirun").exists() or not any(
+        p.name.endswith(".ckpt") for p in (tmp_path / "multirun").rglob("*")
+    )
+    assert not (tmp_path / "multirun" / "screen").exists()
