@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fashion_sweeps.data.decode import decode_files
 from fashion_sweeps.data.sources import (
@@ -54,6 +55,20 @@ def test_clothing_skips_missing_images_and_reports_orphans(clothing_root: Path) 
 def test_corrupt_image_is_skipped_with_a_reason_not_a_crash(clothing_root: Path) -> None:
     source = read_clothing(clothing_root)
     pixels, reasons = decode_files(source.paths, 16, workers=1)
+    assert reasons.count("corrupt_image") == 1
+    assert pixels.shape == (len(source) - 1, 16, 16, 3)
+
+
+def test_image_above_the_decompression_bomb_limit_is_skipped(
+    clothing_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = read_clothing(clothing_root)
+    big = clothing_root / "images" / "big.png"
+    Image.new("RGB", (64, 64)).save(big)
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS: here 64x64 against a limit of 1000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    pixels, reasons = decode_files([*source.paths, big], 16, workers=1)
+    assert reasons[-1] == "too_large_image"
     assert reasons.count("corrupt_image") == 1
     assert pixels.shape == (len(source) - 1, 16, 16, 3)
 

@@ -14,11 +14,13 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -165,6 +167,29 @@ class SilentRun(TrackedRun):
         pass
 
 
+def readable_checkpoint(path: Path) -> bool:
+    """Whether `path` holds a checkpoint torch can open. A damaged one (a job killed while it was
+    copied, a full disk) would crash every rerun: rank 0 renames it `*.damaged-<time>` (kept for
+    a look, never loaded again) and the run starts over."""
+    if not path.exists():
+        return False
+    try:
+        # Memory-mapped: the archive's index is checked without reading the weights.
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return True
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors ...
+        if is_rank_zero():
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            log.warning(
+                "%s is damaged (%s): set aside as %s, starting over from epoch 0.",
+                path,
+                str(err).splitlines()[0][:200],
+                aside.name,
+            )
+        return False
+
+
 @dataclass
 class JobRun:
     """What `train()` works with: the run to write to, the checkpoint to continue from (None: start
@@ -248,7 +273,7 @@ def open_job_run(
     if record is not None:
         _check_same_experiment(output_dir, record, cfg)
     last = output_dir / LAST_CHECKPOINT
-    resume_from = last if record is not None and last.exists() else None
+    resume_from = last if record is not None and readable_checkpoint(last) else None
     if not is_rank_zero():
         # The same decisions as rank 0, from the same files, so all ranks train the same epochs.
         if record is not None and record.get("status") in DONE:
