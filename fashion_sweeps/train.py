@@ -39,11 +39,11 @@ from fashion_sweeps.evaluation import (
     evaluate,
     tail_summary,
 )
-from fashion_sweeps.models.backbones import WeightsUnavailableError
+from fashion_sweeps.models.backbones import ImageSizeError, WeightsUnavailableError
 from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop_areas
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
 from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
-from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.models.module import ClassifierModule, OptimizerConfigError, check_optimizer
 from fashion_sweeps.redact import install_log_redaction, redact_file
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
@@ -73,6 +73,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
+    check_optimizer(cfg.optimizer)
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -243,7 +244,9 @@ USER_ERRORS = (
     AugmentError,
     DataError,
     FeatureCacheError,
+    ImageSizeError,
     KnnConfigError,
+    OptimizerConfigError,
     SamplerError,
     TrackingUnavailableError,
     TestTimeError,

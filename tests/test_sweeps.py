@@ -185,7 +185,7 @@ def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
     args = [*common_args(workdir), "sweep.name=crash", "backbone=mlp", "optimizer.lr=-1,0.01"]
     first = fashion_sweeps(workdir, "screen", *args, check=False)
     assert first.returncode != 0
-    assert "Invalid learning rate: -1" in output(first)
+    assert "optimizer.lr=-1" in output(first)
     assert "max_failure_rate" in output(first)
     # A crash is not a result: the next invocation tries that condition again.
     second = fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.max_failure_rate=1.0")

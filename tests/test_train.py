@@ -195,3 +195,63 @@ def test_ema_decay_outside_zero_one_is_refused(make_cfg, clothing_root) -> None:
     cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "trainer.ema_decay=1.5")
     with pytest.raises(ValueError, match="ema_decay"):
         train(cfg)
+
+
+def cli_train(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """`fashion-sweeps train ARGS` in a subprocess: its exit code and everything it printed."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            *args,
+            "backbone.pretrained=false",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def assert_one_paragraph(code: int, output: str, message: str) -> None:
+    assert code == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if message in line]
+    assert "[ERROR]" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["trainer.max_epochs=0"], "TrainerConfigError: trainer.max_epochs=0"),
+        (["optimizer.lr=-0.01"], "OptimizerConfigError: optimizer.lr=-0.01"),
+        (["dataset.batch_size=0"], "DataError: dataset.batch_size=0"),
+        (["dataset.batch_size=-4"], "DataError: dataset.batch_size=-4"),
+        (["backbone=vgg16", "dataset.image_size=16"], "ImageSizeError: dataset.image_size=16"),
+        (["backbone=simple_cnn", "dataset.image_size=8"], "ImageSizeError: dataset.image_size=8"),
+        (["dataset.include=[Dress]"], "DataError: Only one class (Dress) is left"),
+    ],
+)
+def test_impossible_settings_are_one_paragraph(tmp_path: Path, args, message) -> None:
+    assert_one_paragraph(*cli_train(tmp_path, "dataset=clothing_sample", *args), message)
+
+
+def test_truncated_fashion_mnist_download_is_one_paragraph(tmp_path, fmnist_root) -> None:
+    path = fmnist_root / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])  # a download that stopped early
+    code, output = cli_train(
+        tmp_path, f"dataset.root={fmnist_root}", "dataset.reader.download=false"
+    )
+    assert_one_paragraph(code, output, "is truncated or damaged")
+    assert "train-images-idx3-ubyte.gz" in output
+
+
+def test_csv_not_in_utf8_is_one_paragraph(tmp_path, clothing_root) -> None:
+    csv_path = clothing_root / "images.csv"
+    csv_path.write_bytes(csv_path.read_text().replace("Dress", "Robe é").encode("latin-1"))
+    code, output = cli_train(tmp_path, "dataset=clothing", f"dataset.root={clothing_root}")
+    assert_one_paragraph(code, output, "images.csv is not UTF-8 text")

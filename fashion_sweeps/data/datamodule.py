@@ -125,6 +125,12 @@ def _prepare(
     if len(source) == 0:
         raise DataError(f"No image of data set {dataset.name!r} could be decoded.")
     classes = label_map(source.labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"Only one class ({', '.join(classes)}) is left in data set {dataset.name!r}: a "
+            "classifier needs two or more. Check dataset.include / dataset.exclude / "
+            "dataset.min_count / dataset.class_ranks, or the labels of the data set."
+        )
     index = {name: i for i, name in enumerate(classes)}
     targets = np.array([index[label] for label in source.labels], dtype=np.int64)
     split = stratified_split(
@@ -186,6 +192,15 @@ def _whole_batch(batch: Any) -> Any:
     return batch
 
 
+def check_loader_options(dataset: DictConfig) -> None:
+    """Checked before a run opens: a DataLoader would fail only once training starts."""
+    size = dataset.get("batch_size")
+    if not isinstance(size, int) or size < 1:
+        raise DataError(
+            f"dataset.batch_size={size!r}: give the images per batch, 1 or more (e.g. 32)."
+        )
+
+
 class FashionDataModule(pl.LightningDataModule):
     """Serves the prepared arrays: train (sampled), val and test, as they are.
 
@@ -201,6 +216,7 @@ class FashionDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
+        check_loader_options(dataset)
         self.cfg = dataset
         self.sampler_cfg = sampler
         self.seed = seed

@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -101,8 +102,14 @@ FMNIST_CLASSES = [
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (gzip or plain) into a uint8 array, checking its header."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # a download that stopped, a damaged gzip
+        raise DataError(
+            f"{str(path)!r} is truncated or damaged ({err}). Download it again: delete it and "
+            "rerun (Fashion-MNIST is fetched when missing unless dataset.reader.download=false)."
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{str(path)!r} is not an IDX file of unsigned bytes (bad magic number).")
     ndim = data[3]
