@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback
 
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
-from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.data.datamodule import FashionDataModule, check_readable
 from fashion_sweeps.data.sampling import SamplerError, sampling_summary
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.distributed import (
@@ -64,6 +64,12 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.get("output_dir") or "multirun/runs/latest")
 
 
+def image_cache_dir(cfg: DictConfig) -> str | None:
+    """Where decoded images are kept between runs (conf/cache/), None when that cache is off."""
+    cache = cfg.get("cache") or {}
+    return cache.get("dir") if cache.get("images") else None
+
+
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
@@ -74,6 +80,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
     check_optimizer(cfg.optimizer)
+    # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
+    check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -105,9 +113,7 @@ def _fit_and_test(
 ) -> float:
     run.log_config(cfg)
     cache = cfg.get("cache") or {}
-    data = FashionDataModule(
-        cfg.dataset, cfg.sampler, cfg.seed, cache.get("dir") if cache.get("images") else None
-    )
+    data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed, image_cache_dir(cfg))
     wait_for_rank_zero_data(output_dir(cfg))  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
     prepared = data.data

@@ -279,3 +279,15 @@ def test_a_sweep_name_that_is_not_a_folder_name_is_refused(tmp_path: Path, name:
         p.name.endswith(".ckpt") for p in (tmp_path / "multirun").rglob("*")
     )
     assert not (tmp_path / "multirun" / "screen").exists()
+
+
+def test_a_data_root_every_condition_needs_stops_the_stage_before_it_starts(tmp_path: Path):
+    args = [*common_args(tmp_path), "sweep.name=nodata", "backbone=mlp", "head=fc"]
+    result = fashion_sweeps(tmp_path, "screen", *args, "optimizer.lr=0.01,0.001", check=False)
+    text = output(result)
+    assert result.returncode == 1
+    assert f"The clothing data folder '{tmp_path / 'clothing'}' does not exist" in text
+    assert "Traceback" not in text and "crashed" not in text and "[1/2]" not in text
+    assert "Screen ranking" not in text  # no table of NaN
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

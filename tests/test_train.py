@@ -105,12 +105,16 @@ def test_diverging_run_stops_and_is_recorded_failed(make_cfg, clothing_root: Pat
     assert "non-finite" in run.data.tags["failure_reason"]
 
 
-def test_missing_data_root_fails_with_the_path_and_a_failed_run(make_cfg, tmp_path) -> None:
-    cfg = make_cfg("dataset=clothing", f"dataset.root={tmp_path / 'nowhere'}")
-    with pytest.raises(DataError, match="nowhere"):
+@pytest.mark.parametrize("root", ["nowhere", "a_file"])
+def test_a_data_root_that_cannot_be_read_fails_before_any_run_is_made(make_cfg, tmp_path, root):
+    """A typo in dataset.root is no experiment: no FAILED run, no new MLflow experiment."""
+    (tmp_path / "a_file").write_text("not a folder")
+    cfg = make_cfg("dataset=clothing", f"dataset.root={tmp_path / root}")
+    with pytest.raises(DataError, match=root):
         train(cfg)
-    _, run = only_run(cfg)
-    assert run.info.status == "FAILED" and "nowhere" in run.data.tags["failure_reason"]
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert client.search_runs(["0"]) == []
 
 
 def test_unreachable_tracking_server_fails_before_training(make_cfg, clothing_root) -> None:

@@ -62,8 +62,9 @@ class Source:
 def _require_dir(root: Path, what: str, how: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"The {what} data folder {str(root.resolve())!r} does not exist. {how} "
+            f"The {what} data folder {str(root.resolve())!r} {problem}. {how} "
             f"Point the run at it with `dataset.root=/path/to/{what}` (`make sweep ROOT=...`); "
             "without data, `make demo` runs offline on the bundled sample."
         )

@@ -34,6 +34,8 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
+from fashion_sweeps.data.datamodule import read_source
+from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.paths import check_name, subfolder
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.sweeps import stage_run, tables, workers
@@ -276,12 +278,21 @@ class StagesSweeper(Sweeper):
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
+        if todo:
+            self._check_data(space)
         return settings, space, study, todo, planned
+
+    def _check_data(self, space: SearchSpace) -> None:
+        """A data set every condition reads (not swept) is read once here: a wrong root stops the
+        stage before its first condition and its MLflow parent run, instead of crashing each."""
+        swept = {key.lstrip("+~").split(".")[0] for key in space.distributions}
+        if "dataset" not in swept:
+            read_source(self.config.dataset, keep=False)
 
     def sweep(self, arguments: list[str]) -> None:
         try:
             settings, space, study, todo, planned = self._plan(arguments)
-        except ValueError as err:  # a sweep that cannot be planned: say why, no traceback
+        except (ValueError, DataError) as err:  # cannot be planned: say why, no traceback
             raise SweepError(str(err)) from err
         stage, name = str(settings.stage), str(settings.name)
         n_todo = todo if isinstance(todo, int) else len(todo)
