@@ -23,6 +23,7 @@ import numpy as np
 
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
+from fashion_sweeps.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store_uri(args.tracking_uri)
         model, channels, size = load_tagging_model(args.model)
     except (ModelUnavailableError, TrackingUnavailableError) as err:
-        print(f"fashion-sweeps predict: {err}", file=sys.stderr)
+        print(f"fashion-sweeps predict: {redact(str(err))}", file=sys.stderr)
         return 2
     summary = tag(
         files, model, channels, size, args.out, args.top_k, args.min_confidence, args.batch_size

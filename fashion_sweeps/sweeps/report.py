@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.evaluation import BASELINES, baseline_text
 from fashion_sweeps.paths import folder_name
+from fashion_sweeps.redact import redact
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
 from fashion_sweeps.sweeps.tables import comparison_table, ranking_table, to_markdown
 from fashion_sweeps.tracking.model_logging import CHAMPION, DEFAULT_REGISTERED_NAME, register
@@ -411,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client, args.sweep, None if args.no_register else args.register_as
         )
     except (ReportError, TrackingUnavailableError) as err:
-        print(f"fashion-sweeps report: {err}", file=sys.stderr)
+        print(f"fashion-sweeps report: {redact(str(err))}", file=sys.stderr)
         return 2
     folder = args.out or Path("multirun") / "sweeps" / folder_name(args.sweep) / "report"
     paths = write_report(report, folder)
