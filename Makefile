@@ -16,6 +16,11 @@ ARGS    ?=
 DATA_ARGS = $(if $(DATASET),dataset=$(DATASET)) $(if $(ROOT),dataset.root=$(ROOT)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
 SWEEP_ARGS = $(DATA_ARGS) $(if $(DATASET)$(EXPERIMENT),,experiment=clothing_screen)
 
+# The address `make server`, `make ui` and `make serve` bind: this machine only, unless the user
+# names another on the command line (`make server HOST=0.0.0.0`). A HOST from the environment
+# (shells and schedulers export one, often the machine's name) must not open a server to the network.
+BIND := $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+
 .PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui dashboard server clean
 
 help:  ## list the targets
@@ -73,12 +78,12 @@ results:  ## rewrite docs/results.md from the recipe runs in MLflow (ARGS="--run
 predict:  ## tag photos with the champion model: make predict IMAGES=folder [ARGS="--top-k 3 --out x.csv"]
 	$(FS) predict $(IMAGES) $(ARGS)
 
-serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@alias to choose)
+serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@alias to choose, HOST=)
 	PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
-	  $(BIN)/mlflow models serve -m $(or $(MODEL),models:/fashion-classifier@champion) --env-manager local -h 127.0.0.1 -p 5001
+	  $(BIN)/mlflow models serve -m $(or $(MODEL),models:/fashion-classifier@champion) --env-manager local -h $(BIND) -p 5001
 
-ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store (HOST=)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(BIND) --port 5000
 
 # The sweep studies (hydra.sweeper.storage): an SQLite file or a journal file.
 STUDIES ?= $(CURDIR)/multirun/sweeps/optuna.db
@@ -92,7 +97,6 @@ dashboard:  ## optuna-dashboard on http://127.0.0.1:8080 over the sweep studies 
 
 # The tracking server every worker reports to: `make server` here, `make server HOST=0.0.0.0
 # ALLOWED_HOSTS=$$(hostname):5000` for compute nodes; runs then use tracking.uri=http://HOST:PORT.
-HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 ALLOWED_HOSTS ?=
@@ -108,7 +112,7 @@ server:  ## MLflow tracking server on 127.0.0.1:5000 (HOST=, PORT=, BACKEND=): S
 	mkdir -p $(STORE)/artifacts
 	$(BIN)/mlflow server --backend-store-uri $(BACKEND) \
 		--serve-artifacts --artifacts-destination $(abspath $(STORE))/artifacts \
-		--host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--host $(BIND) --port $(PORT) --workers $(WORKERS) \
 		--uvicorn-opts "--timeout-worker-healthcheck $(HEALTHCHECK_S)" \
 		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 

@@ -62,7 +62,8 @@ class ArrayStore:
                 )
             if array_sha256(array) != info["sha256"]:
                 raise DamagedEntryError("checksum mismatch")
-        except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        # JSONDecodeError is a ValueError; a 0-byte array file raises EOFError.
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
             log.warning("Cache entry %s is damaged (%s): rebuilding it.", array_path, err)
             self.discard(key)
             return None

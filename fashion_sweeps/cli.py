@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    from fashion_sweeps.redact import install_log_redaction
+
+    install_log_redaction()  # before any command logs a tracking URI
     if name in COMPLETION:  # what the installed completion asks: `fashion-sweeps -sc query=bash`
         return complete(rest)
     if name in HYDRA_APPS and set(rest) & set(COMPLETION):

@@ -23,6 +23,7 @@ import numpy as np
 
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
+from fashion_sweeps.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,34 @@ class Summary:
 
 def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], int]:
     """Files to tag: named files as they are, folders searched recursively for image suffixes.
+    Symbolic links to folders are followed, each real folder once (a link back up the tree is no
+    endless loop); a broken link with an image suffix is kept, to get a row saying so.
     Returns the files (sorted within each folder) and how many non-image files were passed over."""
     files: list[Path] = []
     passed_over = 0
+    visited: set[tuple[int, int]] = set()  # (device, inode) of every folder walked
     for path in map(Path, paths):
-        if path.is_dir():
-            for item in sorted(p for p in path.rglob("*") if p.is_file()):
-                if item.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(item)
+        if not path.is_dir():
+            files.append(path)  # a missing or unreadable file gets its own row saying why
+            continue
+        for folder, subdirs, names in os.walk(path, followlinks=True):
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in visited:
+                subdirs.clear()
+                continue
+            visited.add((stat.st_dev, stat.st_ino))
+            subdirs.sort()
+            for name in sorted(names):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(Path(folder) / name)
                 else:
                     passed_over += 1
-        else:
-            files.append(path)  # a missing or unreadable file gets its own row saying why
     return files, passed_over
 
 
 def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
     if not path.exists():
-        return "no such file"
+        return "broken symbolic link" if path.is_symlink() else "no such file"
     if not path.is_file():
         return "not a regular file"
     try:
@@ -116,6 +127,22 @@ def model_figures(model) -> str:
         return ""
     floor = {k: metrics[f"test_{k}"] for k in BASELINES if f"test_{k}" in metrics}
     return f" The model's test accuracy: {baseline_text(metrics['test_acc'], floor)}."
+
+
+def check_writable(out: Path) -> str | None:
+    """Why the CSV `out` cannot be written (None: it can), found before the model loads and any
+    image is read. Opening it is the only test that holds for root, read-only mounts and
+    paths through a file; a file that did not exist is removed again."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        with out.open("a", encoding="utf-8"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def header(top_k: int) -> list[str]:
@@ -238,11 +265,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"fashion-sweeps predict: no image files in {args.paths}.", file=sys.stderr)
         return 2
+    problem = check_writable(args.out)
+    if problem:
+        print(
+            f"fashion-sweeps predict: cannot write {args.out} ({problem}). Give --out a CSV file "
+            "name in a folder you can write to, e.g. --out predictions.csv.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         store_uri(args.tracking_uri)
         model, channels, size = load_tagging_model(args.model)
     except (ModelUnavailableError, TrackingUnavailableError) as err:
-        print(f"fashion-sweeps predict: {err}", file=sys.stderr)
+        print(f"fashion-sweeps predict: {redact(str(err))}", file=sys.stderr)
         return 2
     summary = tag(
         files, model, channels, size, args.out, args.top_k, args.min_confidence, args.batch_size

@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from fashion_sweeps import interrupts
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
-from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.data.datamodule import FashionDataModule, check_readable
 from fashion_sweeps.data.sampling import SamplerError, sampling_summary
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.distributed import (
@@ -41,11 +41,12 @@ from fashion_sweeps.evaluation import (
     evaluate,
     tail_summary,
 )
-from fashion_sweeps.models.backbones import WeightsUnavailableError
+from fashion_sweeps.models.backbones import ImageSizeError, WeightsUnavailableError
 from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop_areas
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
 from fashion_sweeps.models.knn import KnnConfigError, check_knn_config, fit_knn, is_knn
-from fashion_sweeps.models.module import ClassifierModule
+from fashion_sweeps.models.module import ClassifierModule, OptimizerConfigError, check_optimizer
+from fashion_sweeps.redact import install_log_redaction, redact_file
 from fashion_sweeps.tracking.datasets import split_inputs
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
@@ -60,6 +61,8 @@ from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trai
 from fashion_sweeps.trial_clock import TrialClock
 
 log = logging.getLogger(__name__)
+# `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.
+install_log_redaction()
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -67,6 +70,12 @@ def output_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.get("output_dir") or "multirun/runs/latest")
+
+
+def image_cache_dir(cfg: DictConfig) -> str | None:
+    """Where decoded images are kept between runs (conf/cache/), None when that cache is off."""
+    cache = cfg.get("cache") or {}
+    return cache.get("dir") if cache.get("images") else None
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
@@ -79,6 +88,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
+    check_optimizer(cfg.optimizer)
+    # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
+    check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
@@ -139,9 +151,7 @@ def _fit_and_test(
 ) -> float:
     run.log_config(cfg)
     cache = cfg.get("cache") or {}
-    data = FashionDataModule(
-        cfg.dataset, cfg.sampler, cfg.seed, cache.get("dir") if cache.get("images") else None
-    )
+    data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed, image_cache_dir(cfg))
     wait_for_rank_zero_data(output_dir(cfg))  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
     prepared = data.data
@@ -283,7 +293,9 @@ USER_ERRORS = (
     AugmentError,
     DataError,
     FeatureCacheError,
+    ImageSizeError,
     KnnConfigError,
+    OptimizerConfigError,
     SamplerError,
     TrackingUnavailableError,
     TestTimeError,
@@ -301,9 +313,23 @@ def user_error(err: BaseException | None) -> BaseException | None:
     return None
 
 
+def redact_hydra_files() -> None:
+    """Hydra writes the job's config and overrides (`.hydra/`, the sweep's `multirun.yaml`)
+    before the job starts, tracking URI and all: mask its credentials there."""
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        files += (Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    for path in files:
+        redact_file(path)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     interrupts.install()
+    redact_hydra_files()
     try:
         return train(cfg)
     except KeyboardInterrupt:

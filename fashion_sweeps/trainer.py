@@ -109,6 +109,12 @@ def ema_averaging(decay: float) -> EMAWeightAveraging:
 def check_trainer_options(cfg: DictConfig) -> None:
     """The options this module consumes, checked before a run opens (TrainerConfigError)."""
     progress_bar_wanted(cfg.get("progress", "auto"))
+    epochs = cfg.get("max_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or epochs == 0 or epochs < -1):
+        raise TrainerConfigError(
+            f"trainer.max_epochs={epochs!r}: train at least one epoch (e.g. "
+            "trainer.max_epochs=10), or -1 to train until early stopping ends the run."
+        )
     if cfg.get("ema_decay") is not None:
         ema_averaging(cfg.ema_decay)
 

@@ -31,7 +31,7 @@ def test_simple_cnn_widths_set_the_blocks_and_halve_the_image_each() -> None:
         x = block(x)
     assert x.shape == (2, 16, 2, 2)
     assert backbone(torch.rand(2, 3, 64, 64)).shape == (2, backbone.out_features)
-    with pytest.raises(ValueError, match="log2"):
+    with pytest.raises(backbones.ImageSizeError, match="each of its 5 blocks halves the image"):
         backbones.simple_cnn(image_size=16, widths=[4, 4, 4, 4, 4])
 
 

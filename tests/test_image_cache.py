@@ -54,7 +54,7 @@ def test_changed_file_or_size_builds_a_new_entry(paths: list[Path], tmp_path: Pa
     np.testing.assert_array_equal(after.pixels[1:], before.pixels[1:])
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "bad_metadata"])
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip_byte", "bad_metadata"])
 def test_damaged_entry_is_detected_and_rebuilt(
     paths: list[Path], tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,6 +64,8 @@ def test_damaged_entry_is_detected_and_rebuilt(
     data = bytearray(array_file.read_bytes())
     if damage == "truncate":
         array_file.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":  # a 0-byte file: a full disk, or a copy that stopped at once
+        array_file.write_bytes(b"")
     elif damage == "flip_byte":
         data[-100] ^= 0xFF  # same size, same header: only the checksum can tell
         array_file.write_bytes(bytes(data))

@@ -135,3 +135,34 @@ def test_a_grey_model_tags_colour_photos(store, photos, tmp_path):
     assert main([str(photos), "--tracking-uri", store, "--model", uri, "--out", str(out)]) == 0
     tagged = [r for r in rows(out) if not r["error"]]
     assert len(tagged) == 7 and all(r["label_1"] in CLASSES for r in tagged)
+
+
+def test_broken_links_get_a_row_and_linked_folders_are_read_once(store, photos, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    class_image(2, np.random.default_rng(1), size=20).save(other / "linked.jpg")
+    (photos / "dead.jpg").symlink_to(photos / "nowhere.jpg")
+    (photos / "to_other").symlink_to(other, target_is_directory=True)
+    (photos / "more" / "loop").symlink_to(photos, target_is_directory=True)  # a cycle
+    out = tmp_path / "links.csv"
+    assert (
+        main([str(photos), str(photos / "dead.jpg"), "--tracking-uri", store, "--out", str(out)])
+        == 0
+    )
+    table = rows(out)
+    names = [Path(r["path"]).name for r in table]
+    assert names.count("linked.jpg") == 1 and names.count("0.jpg") == 1
+    dead = [r for r in table if Path(r["path"]).name == "dead.jpg"]
+    assert len(dead) == 2 and all(r["error"] == "broken symbolic link" for r in dead)
+    assert len(table) == 8 + 1 + 2  # the photos fixture's 8, the linked one, the dead link twice
+
+
+@pytest.mark.parametrize("where", ["a_file/predictions.csv", "a_folder"])
+def test_an_unwritable_out_is_one_paragraph(store, photos, tmp_path, capsys, where):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    out = tmp_path / where
+    assert main([str(photos), "--tracking-uri", store, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {out}" in err and "--out" in err
+    assert len(err.strip().splitlines()) == 1

@@ -3,6 +3,7 @@ requeue does), trains on from its last checkpoint inside the same MLflow run."""
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.tracking.job_run import RECORD, read_record
+from fashion_sweeps.tracking.job_run import RECORD, read_record, write_record
 from fashion_sweeps.train import train
 
 EPOCHS = 30
@@ -89,6 +90,25 @@ def test_finished_folder_is_not_trained_again(make_cfg, fmnist_root: Path) -> No
     assert train(cfg) == pytest.approx(best)
     client = MlflowClient(read_record(Path(cfg.output_dir))["tracking_uri"])
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+
+
+def test_corrupt_last_checkpoint_is_set_aside_and_the_run_starts_over(
+    make_cfg, fmnist_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+        "dataset.image_size=16", "trainer.max_epochs=1",
+    )  # fmt: skip
+    train(cfg)
+    out = Path(cfg.output_dir)
+    # What a job killed while its last checkpoint was copied leaves: a running record, a stub.
+    write_record(out, {**read_record(out), "status": "running"})
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    assert math.isfinite(train(cfg))
+    assert "is damaged" in caplog.text and "starting over" in caplog.text
+    assert [p.name for p in last.parent.glob("last.ckpt.damaged*")]
+    assert read_record(out)["status"] == "finished"
 
 
 def test_folder_of_another_config_is_refused(make_cfg, fmnist_root: Path) -> None:

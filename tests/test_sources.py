@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fashion_sweeps.data.decode import decode_files
 from fashion_sweeps.data.sources import (
@@ -58,6 +59,20 @@ def test_corrupt_image_is_skipped_with_a_reason_not_a_crash(clothing_root: Path)
     assert pixels.shape == (len(source) - 1, 16, 16, 3)
 
 
+def test_image_above_the_decompression_bomb_limit_is_skipped(
+    clothing_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = read_clothing(clothing_root)
+    big = clothing_root / "images" / "big.png"
+    Image.new("RGB", (64, 64)).save(big)
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS: here 64x64 against a limit of 1000.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    pixels, reasons = decode_files([*source.paths, big], 16, workers=1)
+    assert reasons[-1] == "too_large_image"
+    assert reasons.count("corrupt_image") == 1
+    assert pixels.shape == (len(source) - 1, 16, 16, 3)
+
+
 def test_missing_clothing_root_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=str(tmp_path / "nope")):
         read_clothing(tmp_path / "nope")
@@ -104,3 +119,43 @@ def test_grey_images_decode_to_three_channels(tmp_path: Path) -> None:
     Image.fromarray(np.full((10, 12), 128, dtype=np.uint8)).save(tmp_path / "grey.png")
     pixels, reasons = decode_files([tmp_path / "grey.png"], 8, "RGB", workers=1)
     assert reasons == [None] and pixels.shape == (1, 8, 8, 3)
+
+
+def rewrite(path: Path, edit, encoding: str = "utf-8") -> None:
+    path.write_bytes(edit(path.read_text()).encode(encoding))
+
+
+def test_csv_with_a_byte_order_mark_is_read(clothing_root: Path, product_root: Path) -> None:
+    before = len(read_clothing(clothing_root)), len(read_fashion_product(product_root))
+    rewrite(clothing_root / "images.csv", lambda t: "\ufeff" + t)
+    rewrite(product_root / "styles.csv", lambda t: "\ufeff" + t)
+    assert (len(read_clothing(clothing_root)), len(read_fashion_product(product_root))) == before
+
+
+def test_duplicate_rows_are_skipped_as_duplicates(clothing_root: Path, product_root: Path) -> None:
+    rewrite(clothing_root / "images.csv", lambda t: t + "dress-00,7,Dress,False\n")
+    source = read_clothing(clothing_root)
+    assert len(source) == 3 * 8 + 2
+    assert source.skipped_counts() == {"missing_image": 1, "no_row": 1, "duplicate": 1}
+    rewrite(product_root / "styles.csv", lambda t: t + t.splitlines()[1] + "\n")
+    product = read_fashion_product(product_root)
+    assert len(product) == 17 and product.skipped_counts() == {"duplicate": 1}
+    assert len(set(product.paths)) == len(product.paths)
+
+
+def test_conflicting_labels_for_one_image_name_the_ids(clothing_root: Path) -> None:
+    extra = "dress-00,7,Pants,False\nshoes-03,7,Dress,False\n"
+    rewrite(clothing_root / "images.csv", lambda t: t + extra)
+    with pytest.raises(DataError) as err:
+        read_clothing(clothing_root)
+    message = str(err.value)
+    assert "dress-00 (Dress, Pants)" in message and "shoes-03 (Shoes, Dress)" in message
+
+
+def test_csv_not_in_utf8_is_a_clear_error(clothing_root: Path, product_root: Path) -> None:
+    rewrite(clothing_root / "images.csv", lambda t: t.replace("Dress", "Robe é"), "latin-1")
+    with pytest.raises(DataError, match=r"images.csv is not UTF-8 text.*iconv"):
+        read_clothing(clothing_root)
+    rewrite(product_root / "styles.csv", lambda t: t.replace("Blue", "Bleu é"), "latin-1")
+    with pytest.raises(DataError, match=r"styles.csv is not UTF-8 text"):
+        read_fashion_product(product_root)

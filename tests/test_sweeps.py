@@ -196,7 +196,7 @@ def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
     args = [*common_args(workdir), "sweep.name=crash", "backbone=mlp", "optimizer.lr=-1,0.01"]
     first = fashion_sweeps(workdir, "screen", *args, check=False)
     assert first.returncode != 0
-    assert "Invalid learning rate: -1" in output(first)
+    assert "optimizer.lr=-1" in output(first)
     assert "max_failure_rate" in output(first)
     # A crash is not a result: the next invocation tries that condition again.
     second = fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.max_failure_rate=1.0")
@@ -280,3 +280,47 @@ def test_a_changed_fixed_setting_starts_a_new_study_and_the_same_settings_resume
     first = fashion_sweeps(workdir, "screen", *args, "cache=off")
     assert "2 condition(s) planned, 2 done, 0 to train" in output(first)
     assert "new study" not in output(first)
+
+
+def test_swept_values_never_place_outputs_outside_the_stage_folder(tmp_path: Path) -> None:
+    """A swept value is part of the condition's folder name, not a path: `..`, `/` and absolute
+    paths stay inside multirun/sweeps/<name>/<stage>/."""
+    write_clothing(tmp_path / "clothing", per_class=6)
+    # From the condition folder `.../mlp/fc/adam/0.01/note=..`, nine more `..` reach tmp_path.
+    escape = "../" * 10 + "escaped"
+    args = [*common_args(tmp_path), "sweep.name=esc", "backbone=mlp", "head=fc"]
+    args += ["optimizer.lr=0.01", f"++note={escape},/abs/olute"]
+    result = fashion_sweeps(tmp_path, "screen", *args)
+    assert "mlp/fc/adam/0.01/note=/abs/olute: finished" in output(result)
+    assert not (tmp_path / "escaped").exists()
+    stage = (tmp_path / "multirun" / "sweeps" / "esc" / "screen").resolve()
+    checkpoints = list(tmp_path.rglob("*.ckpt"))
+    assert len(checkpoints) >= 2
+    assert all(p.resolve().is_relative_to(stage) for p in checkpoints), checkpoints
+    records = [p.parent for p in tmp_path.rglob("mlflow_run.json")]
+    assert [p.resolve().parent for p in records] == [stage / "mlp" / "fc" / "adam" / "0.01"] * 2
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_sweep_name_that_is_not_a_folder_name_is_refused(tmp_path: Path, name: str) -> None:
+    write_clothing(tmp_path / "clothing", per_class=2)
+    args = [*common_args(tmp_path), f"sweep.name={name}", "backbone=mlp", "head=fc"]
+    result = fashion_sweeps(tmp_path, "screen", *args, "optimizer.lr=0.01", check=False)
+    assert result.returncode != 0
+    assert f"sweep.name={name!r}" in output(result) and "Traceback" not in output(result)
+    assert not (tmp_path / "multirun").exists() or not any(
+        p.name.endswith(".ckpt") for p in (tmp_path / "multirun").rglob("*")
+    )
+    assert not (tmp_path / "multirun" / "screen").exists()
+
+
+def test_a_data_root_every_condition_needs_stops_the_stage_before_it_starts(tmp_path: Path):
+    args = [*common_args(tmp_path), "sweep.name=nodata", "backbone=mlp", "head=fc"]
+    result = fashion_sweeps(tmp_path, "screen", *args, "optimizer.lr=0.01,0.001", check=False)
+    text = output(result)
+    assert result.returncode == 1
+    assert f"The clothing data folder '{tmp_path / 'clothing'}' does not exist" in text
+    assert "Traceback" not in text and "crashed" not in text and "[1/2]" not in text
+    assert "Screen ranking" not in text  # no table of NaN
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -138,3 +138,45 @@ def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_credentials_in_the_tracking_uri_are_never_written(server, tmp_path: Path) -> None:
+    """`tracking.uri=http://user:password@host`: the run works, and the password is in no param,
+    tag, artifact, output file or console line."""
+    url, store = server
+    secret = "s3cret-pw"
+    with_credentials = url.replace("http://", f"http://user:{secret}@")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            "dataset=clothing_sample",
+            "backbone=mlp",
+            "backbone.hidden=8",
+            "dataset.image_size=8",
+            "trainer.max_epochs=1",
+            "tracking.log_model=false",
+            f"tracking.uri={with_credentials}",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert secret not in output
+    assert "user:***@" in (out / "mlflow_run.json").read_text()
+    written = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert written == []
+    client = MlflowClient(url)
+    (run,) = client.search_runs([client.get_experiment_by_name("clothing_sample").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == with_credentials.replace(secret, "***")
+    assert "user:***@" in run.data.tags["command"]
+    # Params, tags and artifacts (config.yaml) as the server stores them.
+    stored = [p for p in store.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert stored == []

@@ -106,12 +106,16 @@ def test_diverging_run_stops_and_is_recorded_failed(make_cfg, clothing_root: Pat
     assert "non-finite" in run.data.tags["failure_reason"]
 
 
-def test_missing_data_root_fails_with_the_path_and_a_failed_run(make_cfg, tmp_path) -> None:
-    cfg = make_cfg("dataset=clothing", f"dataset.root={tmp_path / 'nowhere'}")
-    with pytest.raises(DataError, match="nowhere"):
+@pytest.mark.parametrize("root", ["nowhere", "a_file"])
+def test_a_data_root_that_cannot_be_read_fails_before_any_run_is_made(make_cfg, tmp_path, root):
+    """A typo in dataset.root is no experiment: no FAILED run, no new MLflow experiment."""
+    (tmp_path / "a_file").write_text("not a folder")
+    cfg = make_cfg("dataset=clothing", f"dataset.root={tmp_path / root}")
+    with pytest.raises(DataError, match=root):
         train(cfg)
-    _, run = only_run(cfg)
-    assert run.info.status == "FAILED" and "nowhere" in run.data.tags["failure_reason"]
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert client.search_runs(["0"]) == []
 
 
 def test_unreachable_tracking_server_fails_before_training(make_cfg, clothing_root) -> None:
@@ -257,3 +261,63 @@ def test_a_run_carries_mlflows_context_tags_data_inputs_and_system_metrics(
     assert len({d.digest for d in inputs.values()}) == 3  # one per split, all from the cache's
 
     assert any(key.startswith("system/cpu") for key in run.data.metrics)
+
+
+def cli_train(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """`fashion-sweeps train ARGS` in a subprocess: its exit code and everything it printed."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            *args,
+            "backbone.pretrained=false",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def assert_one_paragraph(code: int, output: str, message: str) -> None:
+    assert code == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if message in line]
+    assert "[ERROR]" in line
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["trainer.max_epochs=0"], "TrainerConfigError: trainer.max_epochs=0"),
+        (["optimizer.lr=-0.01"], "OptimizerConfigError: optimizer.lr=-0.01"),
+        (["dataset.batch_size=0"], "DataError: dataset.batch_size=0"),
+        (["dataset.batch_size=-4"], "DataError: dataset.batch_size=-4"),
+        (["backbone=vgg16", "dataset.image_size=16"], "ImageSizeError: dataset.image_size=16"),
+        (["backbone=simple_cnn", "dataset.image_size=8"], "ImageSizeError: dataset.image_size=8"),
+        (["dataset.include=[Dress]"], "DataError: Only one class (Dress) is left"),
+    ],
+)
+def test_impossible_settings_are_one_paragraph(tmp_path: Path, args, message) -> None:
+    assert_one_paragraph(*cli_train(tmp_path, "dataset=clothing_sample", *args), message)
+
+
+def test_truncated_fashion_mnist_download_is_one_paragraph(tmp_path, fmnist_root) -> None:
+    path = fmnist_root / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])  # a download that stopped early
+    code, output = cli_train(
+        tmp_path, f"dataset.root={fmnist_root}", "dataset.reader.download=false"
+    )
+    assert_one_paragraph(code, output, "is truncated or damaged")
+    assert "train-images-idx3-ubyte.gz" in output
+
+
+def test_csv_not_in_utf8_is_one_paragraph(tmp_path, clothing_root) -> None:
+    csv_path = clothing_root / "images.csv"
+    csv_path.write_bytes(csv_path.read_text().replace("Dress", "Robe é").encode("latin-1"))
+    code, output = cli_train(tmp_path, "dataset=clothing", f"dataset.root={clothing_root}")
+    assert_one_paragraph(code, output, "images.csv is not UTF-8 text")

@@ -70,6 +70,57 @@ class PreparedData:
 
 
 _PREPARED: dict[str, PreparedData] = {}
+# Sources listed by `read_source` for the `_prepare` that follows in this process (used once).
+_SOURCES: dict[str, Source] = {}
+
+
+def _source_key(dataset: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(dataset.reader, resolve=True), sort_keys=True)
+
+
+def read_source(dataset: DictConfig, keep: bool = True) -> Source:
+    """The items the data set's reader lists, or a DataError saying why its files cannot be read
+    (missing or unreadable root, a damaged index file). Called before any MLflow run or sweep
+    condition starts, so a wrong `dataset.root` leaves nothing behind; `keep` holds the listing
+    for this process's next `_prepare`, so checking first costs no second read."""
+    key = _source_key(dataset)
+    if key in _SOURCES:
+        return _SOURCES[key]
+    try:
+        source: Source = build(dataset.reader)
+    except Exception as err:  # Hydra wraps what the reader raises
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, DataError | OSError):
+            cause = cause.__cause__
+        if isinstance(cause, DataError):
+            raise cause from None
+        if isinstance(cause, OSError):
+            raise DataError(
+                f"Data set {dataset.name!r} cannot be read ({cause}). Check "
+                f"dataset.root={dataset.get('root')!r} and its permissions."
+            ) from None
+        raise
+    if keep:
+        _SOURCES[key] = source
+    return source
+
+
+def _prepared_key(dataset: DictConfig, split_seed: int, cache_dir: str | Path | None) -> str:
+    options = OmegaConf.to_container(dataset, resolve=True)
+    return json.dumps([options, split_seed, str(cache_dir)], sort_keys=True)
+
+
+def _split_seed(dataset: DictConfig, seed: int) -> int:
+    # A fixed split seed keeps one test set while the run seed varies training alone; runs of
+    # several seeds in one process then share the prepared arrays.
+    split_seed = dataset.get("split_seed")
+    return seed if split_seed is None else split_seed
+
+
+def check_readable(dataset: DictConfig, seed: int, cache_dir: str | Path | None = None) -> None:
+    """`read_source` unless this process has prepared the data set already."""
+    if _prepared_key(dataset, _split_seed(dataset, seed), cache_dir) not in _PREPARED:
+        read_source(dataset)
 
 
 def prepare_arrays(
@@ -78,12 +129,8 @@ def prepare_arrays(
     """Read, filter, decode and split the data set a config describes (memoised per process;
     decoded images also on disk under `cache_dir`, see data/cache.py). The run's `seed` draws the
     split unless `dataset.split_seed` fixes it."""
-    # A fixed split seed keeps one test set while the run seed varies training alone; runs of
-    # several seeds in one process then share the prepared arrays.
-    split_seed = dataset.get("split_seed")
-    split_seed = seed if split_seed is None else split_seed
-    options = OmegaConf.to_container(dataset, resolve=True)
-    key = json.dumps([options, split_seed, str(cache_dir)], sort_keys=True)
+    split_seed = _split_seed(dataset, seed)
+    key = _prepared_key(dataset, split_seed, cache_dir)
     if key in _PREPARED:
         # Prepared earlier in this process: nothing read or decoded for this run.
         return replace(_PREPARED[key], image_cache="memory", seconds=0.0)
@@ -95,7 +142,8 @@ def _prepare(
     dataset: DictConfig, split_seed: int, cache_dir: str | Path | None = None
 ) -> PreparedData:
     start = time.perf_counter()
-    source: Source = build(dataset.reader)
+    source = read_source(dataset, keep=False)
+    _SOURCES.pop(_source_key(dataset), None)
     skipped = source.skipped_counts()
     keep, dropped = label_filter(
         source.labels,
@@ -125,6 +173,12 @@ def _prepare(
     if len(source) == 0:
         raise DataError(f"No image of data set {dataset.name!r} could be decoded.")
     classes = label_map(source.labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"Only one class ({', '.join(classes)}) is left in data set {dataset.name!r}: a "
+            "classifier needs two or more. Check dataset.include / dataset.exclude / "
+            "dataset.min_count / dataset.class_ranks, or the labels of the data set."
+        )
     index = {name: i for i, name in enumerate(classes)}
     targets = np.array([index[label] for label in source.labels], dtype=np.int64)
     split = stratified_split(
@@ -186,6 +240,15 @@ def _whole_batch(batch: Any) -> Any:
     return batch
 
 
+def check_loader_options(dataset: DictConfig) -> None:
+    """Checked before a run opens: a DataLoader would fail only once training starts."""
+    size = dataset.get("batch_size")
+    if not isinstance(size, int) or size < 1:
+        raise DataError(
+            f"dataset.batch_size={size!r}: give the images per batch, 1 or more (e.g. 32)."
+        )
+
+
 class FashionDataModule(pl.LightningDataModule):
     """Serves the prepared arrays: train (sampled), val and test, as they are.
 
@@ -201,6 +264,7 @@ class FashionDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
+        check_loader_options(dataset)
         self.cfg = dataset
         self.sampler_cfg = sampler
         self.seed = seed

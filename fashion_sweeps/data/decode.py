@@ -41,6 +41,10 @@ def _decode_chunk(args: tuple[list[Path], int, str]) -> list[np.ndarray | str]:
     for path in paths:
         try:
             out.append(load_image(path, size, mode))
+        except Image.DecompressionBombError as err:
+            # Above Pillow's pixel limit: a damaged header or a hostile file, not a photo to train on.
+            out.append("too_large_image")
+            log.debug("cannot decode %s: %s", path, err)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             # Reason strings are short and stable: they are counted and logged per run.
             out.append("corrupt_image" if Path(path).exists() else "missing_image")

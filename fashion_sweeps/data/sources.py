@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
+import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +62,9 @@ class Source:
 def _require_dir(root: Path, what: str, how: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"The {what} data folder {str(root.resolve())!r} does not exist. {how} "
+            f"The {what} data folder {str(root.resolve())!r} {problem}. {how} "
             f"Point the run at it with `dataset.root=/path/to/{what}` (`make sweep ROOT=...`); "
             "without data, `make demo` runs offline on the bundled sample."
         )
@@ -99,8 +103,14 @@ FMNIST_CLASSES = [
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (gzip or plain) into a uint8 array, checking its header."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # a download that stopped, a damaged gzip
+        raise DataError(
+            f"{str(path)!r} is truncated or damaged ({err}). Download it again: delete it and "
+            "rerun (Fashion-MNIST is fetched when missing unless dataset.reader.download=false)."
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{str(path)!r} is not an IDX file of unsigned bytes (bad magic number).")
     ndim = data[3]
@@ -167,6 +177,57 @@ def _download_fashion_mnist(root: Path) -> Path | None:
     return _find_fmnist_dir(root)
 
 
+# --- The CSV-indexed formats: <name>.csv + images/<id>.jpg -------------------------------------
+
+
+def read_csv_text(path: Path) -> str:
+    """A CSV file's text: UTF-8, with or without the byte-order mark spreadsheet programs write."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path.name} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}): {path} must be saved as UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+            f"{path.name} > fixed.csv` and replace it with fixed.csv."
+        ) from None
+
+
+def match_rows(
+    rows: Iterable[tuple[str, str]], images: dict[str, Path], csv_path: Path
+) -> tuple[list[str], list[Path], list[tuple[str, str]], set[str]]:
+    """(image id, label) rows -> labels and paths of the usable ones, the skipped (id, reason)
+    pairs and the ids used. A repeated id with the same label is skipped as `duplicate` (one
+    photo must not count twice); with another label it is an error, since its class is unknown."""
+    labels, paths, skipped = [], [], []
+    first_label: dict[str, str] = {}
+    conflicts: dict[str, list[str]] = {}
+    for image_id, label in rows:
+        if not label:
+            skipped.append((image_id, "no_label"))
+        elif image_id in first_label:
+            if label == first_label[image_id]:
+                skipped.append((image_id, "duplicate"))
+            else:
+                seen = conflicts.setdefault(image_id, [first_label[image_id]])
+                seen += [] if label in seen else [label]
+        else:
+            first_label[image_id] = label
+            if image_id in images:
+                labels.append(label)
+                paths.append(images[image_id])
+            else:
+                skipped.append((image_id, "missing_image"))
+    if conflicts:
+        shown = "; ".join(f"{i} ({', '.join(ls)})" for i, ls in list(conflicts.items())[:10])
+        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        raise DataError(
+            f"{csv_path} gives {len(conflicts)} image(s) more than one label: {shown}{more}. "
+            "Keep one row per image (or the same label on each) so that its class is known."
+        )
+    used = {image_id for image_id in first_label if image_id in images}
+    return labels, paths, skipped, used
+
+
 # --- Clothing: images.csv + images/<id>.jpg ----------------------------------------------------
 
 
@@ -182,23 +243,14 @@ def read_clothing(root: str | Path) -> Source:
     root = _require_dir(Path(root), "clothing", "Get it from the clothing-dataset repository.")
     csv_path = _require_file(root / "images.csv", "clothing")
     images = _index_images(_require_dir(root / "images", "clothing images", ""))
-    labels, paths, skipped = [], [], []
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing_cols = {"image", "label"} - set(reader.fieldnames or [])
-        if missing_cols:
-            raise DataError(f"{csv_path} lacks the column(s) {sorted(missing_cols)}.")
-        for row in reader:
-            image_id, label = (row["image"] or "").strip(), (row["label"] or "").strip()
-            if not label:
-                skipped.append((image_id, "no_label"))
-            elif image_id not in images:
-                skipped.append((image_id, "missing_image"))
-            else:
-                labels.append(label)
-                paths.append(images.pop(image_id))
+    reader = csv.DictReader(io.StringIO(read_csv_text(csv_path), newline=""))
+    missing_cols = {"image", "label"} - set(reader.fieldnames or [])
+    if missing_cols:
+        raise DataError(f"{csv_path} lacks the column(s) {sorted(missing_cols)}.")
+    rows = (((r["image"] or "").strip(), (r["label"] or "").strip()) for r in reader)
+    labels, paths, skipped, used = match_rows(rows, images, csv_path)
     # Photos without a row are not an error (the real data set has 358), but users should know.
-    skipped += [(p.name, "no_row") for p in images.values()]
+    skipped += [(p.name, "no_row") for i, p in images.items() if i not in used]
     return Source(labels=labels, paths=paths, skipped=skipped)
 
 
@@ -222,19 +274,18 @@ def read_styles_csv(path: Path) -> list[dict[str, str]]:
     """Rows of `styles.csv`. The last column, productDisplayName, may hold unquoted commas:
     every field past the ninth belongs to it."""
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path} is empty.")
-        header = [h.strip() for h in header]
-        n = len(header)
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) > n:
-                fields = [*fields[: n - 1], ",".join(fields[n - 1 :])]
-            rows.append(dict(zip(header, fields, strict=False)))
+    reader = csv.reader(io.StringIO(read_csv_text(path), newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{path} is empty.")
+    header = [h.strip() for h in header]
+    n = len(header)
+    for fields in reader:
+        if not fields:
+            continue
+        if len(fields) > n:
+            fields = [*fields[: n - 1], ",".join(fields[n - 1 :])]
+        rows.append(dict(zip(header, fields, strict=False)))
     return rows
 
 
@@ -250,16 +301,8 @@ def read_fashion_product(root: str | Path, label_column: str = "articleType") ->
             f"from {[c for c in rows[0] if c != 'id']}."
         )
     images = _index_images(_require_dir(root / "images", "fashion_product images", ""))
-    labels, paths, skipped = [], [], []
-    for row in rows:
-        image_id, label = row.get("id", "").strip(), (row.get(label_column) or "").strip()
-        if not label:
-            skipped.append((image_id, "no_label"))
-        elif image_id not in images:
-            skipped.append((image_id, "missing_image"))
-        else:
-            labels.append(label)
-            paths.append(images[image_id])
+    pairs = ((r.get("id", "").strip(), (r.get(label_column) or "").strip()) for r in rows)
+    labels, paths, skipped, _ = match_rows(pairs, images, root / "styles.csv")
     return Source(labels=labels, paths=paths, skipped=skipped)
 
 

@@ -38,6 +38,28 @@ class WeightsInfo:
 IMAGENET = WeightsInfo((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
+class ImageSizeError(ValueError):
+    """`dataset.image_size` is too small for the backbone's downsampling."""
+
+
+def check_image_size(backbone: Backbone, name: str, image_size: int) -> None:
+    """One blank image through the backbone (eval mode: no BatchNorm statistics change): a size
+    its pooling layers shrink to nothing fails here, in one sentence, not mid-epoch."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, backbone.in_channels, image_size, image_size))
+    except RuntimeError as err:
+        raise ImageSizeError(
+            f"dataset.image_size={image_size} is too small for backbone {name}: its layers "
+            f"shrink the image to nothing ({str(err).splitlines()[0][:160]}). Use a larger "
+            "dataset.image_size (32 or more for the ImageNet backbones) or a smaller backbone."
+        ) from None
+    finally:
+        backbone.train(was_training)
+
+
 class Backbone(nn.Module):
     """Feature extractor made of ordered `blocks` (input side first), so that the leading ones
     can be frozen. Frozen blocks stay in eval mode: their BatchNorm statistics never drift."""
@@ -318,9 +340,13 @@ def simple_cnn(
     if pool != "flatten" and pool not in GLOBAL_POOLS:
         raise ValueError(f"backbone.pool={pool!r}: use flatten, avg or max.")
     widths = list(widths) if widths else [width, 2 * width, 4 * width, 4 * width]
-    if min(widths) < 1 or image_size >> len(widths) < 1:
-        raise ValueError(
-            f"backbone.widths={widths!r}: give positive widths, at most log2(image_size) blocks."
+    if min(widths) < 1:
+        raise ValueError(f"backbone.widths={widths!r}: give positive widths.")
+    if image_size >> len(widths) < 1:
+        raise ImageSizeError(
+            f"dataset.image_size={image_size} is too small for backbone simple_cnn: each of its "
+            f"{len(widths)} blocks halves the image. Use dataset.image_size={2 ** len(widths)} "
+            "or more, or fewer blocks (backbone.widths=[...])."
         )
     chans = [in_channels, *widths]
     per_block = _per_block(convs, len(widths), "convs")

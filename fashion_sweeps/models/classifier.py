@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from fashion_sweeps.config import build
-from fashion_sweeps.models.backbones import Backbone
+from fashion_sweeps.config import build, component_name
+from fashion_sweeps.models.backbones import Backbone, check_image_size
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +136,7 @@ def build_classifier(
     others, and a scratch backbone's own weights file, the training split's statistics.
     """
     backbone: Backbone = build(backbone_cfg, in_channels=channels, image_size=image_size)
+    check_image_size(backbone, component_name(backbone_cfg), image_size)
     head = build(head_cfg, in_features=backbone.out_features, num_classes=len(classes))
     if backbone.weights_info is not None:
         mean, std = backbone.weights_info.mean, backbone.weights_info.std

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -21,6 +22,20 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from fashion_sweeps.models.classifier import Classifier, to_unit
 
 log = logging.getLogger(__name__)
+
+
+class OptimizerConfigError(ValueError):
+    """An `optimizer.*` value no optimizer can use."""
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Checked before a run opens: torch would fail only once training starts."""
+    lr = cfg.get("lr")
+    # `not lr >= 0` also refuses NaN; inf stays allowed (it diverges, recorded as such).
+    if lr is not None and not float(lr) >= 0:
+        raise OptimizerConfigError(
+            f"optimizer.lr={lr!r}: a learning rate is 0 or more, e.g. optimizer.lr=0.001."
+        )
 
 
 def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:

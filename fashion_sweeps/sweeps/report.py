@@ -28,6 +28,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.evaluation import BASELINES, baseline_text
+from fashion_sweeps.paths import folder_name
+from fashion_sweeps.redact import redact
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
 from fashion_sweeps.sweeps.tables import comparison_table, ranking_table, to_markdown
 from fashion_sweeps.tracking.model_logging import CHAMPION, DEFAULT_REGISTERED_NAME, register
@@ -410,10 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             client, args.sweep, None if args.no_register else args.register_as
         )
     except (ReportError, TrackingUnavailableError) as err:
-        print(f"fashion-sweeps report: {err}", file=sys.stderr)
+        print(f"fashion-sweeps report: {redact(str(err))}", file=sys.stderr)
         return 2
-    safe = args.sweep.replace("/", "_")
-    folder = args.out or Path("multirun") / "sweeps" / safe / "report"
+    folder = args.out or Path("multirun") / "sweeps" / folder_name(args.sweep) / "report"
     paths = write_report(report, folder)
     log_report(client, parents, paths)
     print(f"Report of sweep {args.sweep!r}: {paths[0]} (Markdown: {paths[1]})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
+from fashion_sweeps.data.datamodule import read_source
+from fashion_sweeps.data.sources import DataError
+from fashion_sweeps.paths import check_name, subfolder
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.sweeps import identity, stage_run, tables, workers
 from fashion_sweeps.sweeps.select import top_k
@@ -60,7 +62,6 @@ log = logging.getLogger(__name__)
 
 # Swept keys that the condition key (`mobilenet_v2/fc/sgd/0.01`) already shows.
 IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
-SWEEP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 class SweepError(CompactHydraException):
@@ -70,7 +71,8 @@ class SweepError(CompactHydraException):
 @dataclass
 class Job:
     params: dict[str, Any]
-    condition: str
+    condition: str  # `mlp/fc/adam/0.01/note=x`: the run name and the tables' key
+    folder: str  # the condition's folder under the stage's, each part a folder name (paths.py)
     trial: optuna.trial.Trial | None = None
 
 
@@ -123,11 +125,9 @@ class StageSweep:
                 "`fashion-sweeps full` or `fashion-sweeps sweep` (they choose `sweep=grid` "
                 "unless you give another `sweep=` option)."
             )
-        if not SWEEP_NAME.match(str(settings.name)):
-            raise ValueError(
-                f"sweep.name={settings.name!r}: use letters, digits, '_', '-' and '.' only (it "
-                "names the Optuna study, the MLflow parent run and the output folder)."
-            )
+        check_name(
+            settings.name, "sweep.name", "the Optuna study, the MLflow parent run and the folder"
+        )
         if not self.storage or not self.study_name:
             raise ValueError(
                 "A resumable sweep needs hydra.sweeper.storage and hydra.sweeper.study_name; "
@@ -152,9 +152,10 @@ class StageSweep:
             **extra,
         )
 
-    def _condition(self, params: dict[str, Any], fixed: list[str]) -> str:
+    def _job(self, params: dict[str, Any], fixed: list[str]) -> Job:
         """The job's condition key, composed the way its job will be; swept keys the key does
-        not show are appended (`.../backbone.freeze=true`) so that conditions stay distinct."""
+        not show are appended (`.../backbone.freeze=true`) so that conditions stay distinct. Its
+        folder has one level per part: a swept value is a folder name, never a path."""
         cfg = self.hydra_context.config_loader.load_sweep_config(
             self.config, [*fixed, *override_lines(params)]
         )
@@ -163,7 +164,8 @@ class StageSweep:
             for key, value in params.items()
             if key.lstrip("+~") not in IN_CONDITION_KEY
         ]
-        return "/".join([condition_key(cfg), *extras])
+        parts = [*condition_key(cfg).split("/"), *extras]
+        return Job(params, "/".join(parts), subfolder(parts))
 
     def _screen_plan(
         self, study: optuna.Study, space: SearchSpace
@@ -266,12 +268,21 @@ class StageSweep:
         else:
             todo = self._full_plan(study, settings, space)
             planned = len(self.winners)
+        if todo:
+            self._check_data(space)
         return settings, space, study, todo, planned
+
+    def _check_data(self, space: SearchSpace) -> None:
+        """A data set every condition reads (not swept) is read once here: a wrong root stops the
+        stage before its first condition and its MLflow parent run, instead of crashing each."""
+        swept = {key.lstrip("+~").split(".")[0] for key in space.distributions}
+        if "dataset" not in swept:
+            read_source(self.config.dataset, keep=False)
 
     def sweep(self, arguments: list[str]) -> None:
         try:
             settings, space, study, todo, planned = self._plan(arguments)
-        except ValueError as err:  # a sweep that cannot be planned: say why, no traceback
+        except (ValueError, DataError) as err:  # cannot be planned: say why, no traceback
             raise SweepError(str(err)) from err
         stage, name = str(settings.stage), str(settings.name)
         n_todo = todo if isinstance(todo, int) else len(todo)
@@ -357,18 +368,19 @@ class StageSweep:
                         f"started with ({err}). Keep it, or start a new study with another "
                         "`sweep.name`."
                     ) from err
-                condition = self._condition(params, fixed)
-                for key, value in (("params", params), ("condition", condition)):
+                job = self._job(params, fixed)
+                job.trial = trial
+                for key, value in (("params", params), ("condition", job.condition)):
                     trial.set_user_attr(key, value)
                 workers.hold(study, trial)
                 if params_id(params) in done:
                     # Samplers may propose a done point again (small categorical spaces).
                     finish_trial(study, trial, "duplicate", None)
-                    log.info("%s: proposed again, already done: not trained again", condition)
+                    log.info("%s: proposed again, already done: not trained again", job.condition)
                     continue
-                jobs.append(Job(params, condition, trial))
+                jobs.append(job)
             return jobs
-        jobs = [Job(p, self._condition(p, fixed)) for p in batch]
+        jobs = [self._job(p, fixed) for p in batch]
         for job in jobs:
             job.trial = workers.claim(study, job.params, job.condition, self.distributions)
         # A condition another worker trains, or finished meanwhile, is left to it.
@@ -402,7 +414,7 @@ class StageSweep:
                     *override_lines(job.params),
                     *common,
                     f"tracking.run_name={quoted(job.condition)}",
-                    f"hydra.sweep.subdir={quoted(job.condition)}",
+                    f"hydra.sweep.subdir={quoted(job.folder)}",
                 ]
                 for job in jobs
             ]

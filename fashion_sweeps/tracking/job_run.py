@@ -15,22 +15,26 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps.redact import redact
 from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
     check_reachable,
     config_params,
+    config_yaml,
     tracking_uri,
 )
 
@@ -145,7 +149,7 @@ class ContinuedRun(RecordedRun):
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             super().log_params(dict(items[i : i + 100]))
         self.logged.update(items)
-        self.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        self.log_text(config_yaml(cfg), "config.yaml")
 
 
 class SilentRun(TrackedRun):
@@ -189,6 +193,29 @@ class SilentRun(TrackedRun):
         pass
 
 
+def readable_checkpoint(path: Path) -> bool:
+    """Whether `path` holds a checkpoint torch can open. A damaged one (a job killed while it was
+    copied, a full disk) would crash every rerun: rank 0 renames it `*.damaged-<time>` (kept for
+    a look, never loaded again) and the run starts over."""
+    if not path.exists():
+        return False
+    try:
+        # Memory-mapped: the archive's index is checked without reading the weights.
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return True
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors ...
+        if is_rank_zero():
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            log.warning(
+                "%s is damaged (%s): set aside as %s, starting over from epoch 0.",
+                path,
+                str(err).splitlines()[0][:200],
+                aside.name,
+            )
+        return False
+
+
 @dataclass
 class JobRun:
     """What `train()` works with: the run to write to, the checkpoint to continue from (None: start
@@ -224,12 +251,13 @@ def _continue(
 ) -> ContinuedRun | None:
     """Reopen the recorded MLflow run; None when it is gone (deleted, or another store)."""
     uri = tracking_uri(cfg.tracking)
-    if record.get("tracking_uri") != uri:
+    # The record keeps the URI redacted: compared as such.
+    if redact(str(record.get("tracking_uri"))) != redact(uri):
         log.warning(
             "%s was tracked in %s, now %s: starting a new MLflow run for the continued training.",
             output_dir,
             record.get("tracking_uri"),
-            uri,
+            redact(uri),
         )
         return None
     check_reachable(uri)
@@ -259,7 +287,7 @@ def _continue(
         "status": "running",
         "attempt": str(attempt),
     }.items():
-        client.set_tag(run.run_id, key, str(value))
+        client.set_tag(run.run_id, key, redact(str(value)))
     # RUNNING after the new pid is tagged: a RUNNING run naming a dead pid gets closed (runs.py).
     client.update_run(run.run_id, status="RUNNING")
     return run
@@ -278,7 +306,7 @@ def open_job_run(
     if record is not None:
         _check_same_experiment(output_dir, record, cfg)
     last = output_dir / LAST_CHECKPOINT
-    resume_from = last if record is not None and last.exists() else None
+    resume_from = last if record is not None and readable_checkpoint(last) else None
     if not is_rank_zero():
         # The same decisions as rank 0, from the same files, so all ranks train the same epochs.
         if record is not None and record.get("status") in DONE:
@@ -312,7 +340,7 @@ def open_job_run(
     run.record = {
         **record,
         "run_id": run.run_id,
-        "tracking_uri": run.uri,
+        "tracking_uri": redact(run.uri),
         "status": "running",
         "best_val_loss": None,
     }

@@ -15,6 +15,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from fashion_sweeps.redact import redact
+
 
 def where_it_runs() -> dict[str, str]:
     """Tags that find a run's process and logs: host, pid and, on SLURM, the job (array) id; the
@@ -77,7 +79,7 @@ def command_line() -> str | None:
     if hydra_cfg.job.get("config_name") not in (None, "config"):
         return None
     overrides = [shlex.quote(str(o)) for o in hydra_cfg.overrides.task]
-    return " ".join(["fashion-sweeps", "train", *overrides])[:5000]
+    return redact(" ".join(["fashion-sweeps", "train", *overrides]))[:5000]
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from mlflow.entities import DatasetInput, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_sweeps.redact import redact
 from fashion_sweeps.tracking.provenance import process_gone
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ def tracking_uri(cfg: DictConfig) -> str:
     """`tracking.uri`, else `$MLFLOW_TRACKING_URI`, else an SQLite store in `tracking.dir`."""
     uri = cfg.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        if redact(str(uri)) != str(uri):
+            # MLflow prints "View run at <uri>" itself, credentials included (not through logging).
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         return str(uri)
     folder = Path(cfg.dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,18 +95,22 @@ def check_reachable(uri: str) -> None:
             log.warning("The MLflow tracking server at %s is slow to answer: going on.", uri)
         except requests.RequestException as err:
             raise TrackingUnavailableError(
-                f"The MLflow tracking server at {uri} does not answer ({err}). Start it "
-                "(`make server` starts one on 127.0.0.1:5000), fix `tracking.uri` / "
-                "$MLFLOW_TRACKING_URI, or track locally by leaving both unset."
-            ) from err
+                redact(
+                    f"The MLflow tracking server at {uri} does not answer ({err}). Start it "
+                    "(`make server` starts one on 127.0.0.1:5000), fix `tracking.uri` / "
+                    "$MLFLOW_TRACKING_URI, or track locally by leaving both unset."
+                )
+            ) from None  # the cause's message holds the URI's credentials
         return
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # sqlite/file stores fail with many error types
         raise TrackingUnavailableError(
-            f"The MLflow store {uri} cannot be opened ({err}). Check the path and its "
-            "permissions, or choose another with `tracking.uri=`."
-        ) from err
+            redact(
+                f"The MLflow store {uri} cannot be opened ({err}). Check the path and its "
+                "permissions, or choose another with `tracking.uri=`."
+            )
+        ) from None  # the cause's message holds the URI's credentials
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -169,9 +177,14 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 def config_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as a run's MLflow params: flattened keys, values as text (MLflow keeps
-    at most 6,000 characters of one)."""
+    at most 6,000 characters of one), credentials in URIs masked."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {k: str(v)[:6000] for k, v in flatten(resolved)}
+    return {k: redact(str(v))[:6000] for k, v in flatten(resolved)}
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as the run's `config.yaml`, credentials in URIs masked."""
+    return redact(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def context_tags(tags: Mapping[str, str]) -> dict[str, str]:
@@ -200,7 +213,10 @@ def context_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 class TrackedRun:
-    """One MLflow run, addressed by id. Create it with `TrackedRun.start`."""
+    """One MLflow run, addressed by id. Create it with `TrackedRun.start`.
+
+    Every param, tag and text artifact passes through `redact`: a URI's credentials never reach
+    the store, whoever logs it."""
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, uri: str) -> None:
         self.client = client
@@ -225,6 +241,7 @@ class TrackedRun:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags = {k: redact(str(v)) for k, v in all_tags.items()}
         run = client.create_run(experiment_id, run_name=run_name, tags=context_tags(all_tags))
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, uri)
         return cls(client, run.info.run_id, experiment_id, uri)
@@ -234,10 +251,12 @@ class TrackedRun:
         params = [Param(k, v) for k, v in config_params(cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.client.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        self.client.log_text(self.run_id, config_yaml(cfg), "config.yaml")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(
+            self.run_id, params=[Param(k, redact(str(v))) for k, v in params.items()]
+        )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -252,11 +271,11 @@ class TrackedRun:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self.client.set_tag(self.run_id, key, redact(str(value)))
 
     def log_inputs(self, datasets: list[DatasetInput]) -> None:
         self.client.log_inputs(self.run_id, datasets=datasets)

@@ -1,0 +1,56 @@
+"""Credentials in a tracking URI never reach the console, the run's folder or MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fashion_sweeps.redact import redact
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("http://user:pw@host:5000", "http://user:***@host:5000"),
+        ("tracking.uri=https://me:p%40ss@h/x y", "tracking.uri=https://me:***@h/x y"),
+        ("postgresql://u:a@b@db:5432/optuna", "postgresql://u:***@db:5432/optuna"),
+        ("http://token@host", "http://***@host"),
+        ("http://127.0.0.1:5000 and sqlite:////tmp/mlflow.db", None),
+        ("mail me@example.com", None),
+    ],
+)
+def test_credentials_in_uris_are_redacted(text: str, expected: str | None) -> None:
+    assert redact(text) == (text if expected is None else expected)
+
+
+def files_holding(folder: Path, needle: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def test_unreachable_server_with_credentials_is_reported_without_them(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_sweeps.cli",
+            "train",
+            "dataset=clothing_sample",
+            f"tracking.uri=http://user:{SECRET}@127.0.0.1:9",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "does not answer" in output
+    assert "http://user:***@127.0.0.1:9" in output
+    assert SECRET not in output
+    assert (out / ".hydra" / "overrides.yaml").is_file()
+    assert files_holding(out, SECRET) == []
