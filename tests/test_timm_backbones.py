@@ -97,7 +97,7 @@ def test_missing_weights_package_says_what_to_install(monkeypatch) -> None:
 def test_timm_model_loads_a_weights_file_and_its_normalisation(tmp_path: Path) -> None:
     reference = timm.create_model("test_resnet", num_classes=0)
     torch.save(reference.state_dict(), tmp_path / "w.pth")
-    backbone = timm_backbones.timm_model("test_resnet", weights_path=str(tmp_path / "w.pth"))
+    backbone = timm_backbones.timm("test_resnet", weights_path=str(tmp_path / "w.pth"))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(backbone.eval()(x), reference.eval()(x))
@@ -109,13 +109,13 @@ def test_timm_pretrained_offline_without_cache_is_one_paragraph(tmp_path, monkey
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError) as err:
-        timm_backbones.timm_model("test_resnet", pretrained=True)
+        timm_backbones.timm("test_resnet", pretrained=True)
     assert "weights_path" in str(err.value) and "pretrained=false" in str(err.value)
 
 
 def test_unknown_timm_model_is_named() -> None:
     with pytest.raises(WeightsUnavailableError, match="'no_such_net' is not a timm model"):
-        timm_backbones.timm_model("no_such_net", pretrained=False)
+        timm_backbones.timm("no_such_net", pretrained=False)
 
 
 def test_train_on_a_frozen_lite0_uses_the_imagenet_weights(make_cfg, clothing_root) -> None:

@@ -17,7 +17,7 @@ import importlib
 import logging
 from pathlib import Path
 
-import timm
+import timm as timm_lib
 import torch
 from torch import nn
 
@@ -88,7 +88,7 @@ def _lite_blocks(model: nn.Module) -> list[nn.Module]:
 def _efficientnet_lite(
     version: int, pretrained: bool, weights_path: str | None, freeze: bool | int
 ) -> Backbone:
-    model = timm.create_model(f"tf_efficientnet_lite{version}", pretrained=False, num_classes=0)
+    model = timm_lib.create_model(f"tf_efficientnet_lite{version}", pretrained=False, num_classes=0)
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     backbone = Backbone(_lite_blocks(model), pool, model.num_features, in_channels=3)
     if not (weights_path or pretrained):
@@ -137,13 +137,13 @@ def _timm_weights_info(model: nn.Module) -> WeightsInfo:
 
 
 def _create_timm(name: str, pretrained: bool) -> nn.Module:
-    if name not in timm.list_models(pretrained=False):
+    if name not in timm_lib.list_models(pretrained=False):
         raise WeightsUnavailableError(
             f"backbone.name={name!r} is not a timm model. List them with "
-            "`python -c 'import timm; print(timm.list_models())'`."
+            "`python -c 'import timm; print(timm_lib.list_models())'`."
         )
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm_lib.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as err:  # offline: the hub's OSError / LocalEntryNotFoundError / HTTP errors
         raise WeightsUnavailableError(
             f"Pretrained weights for the timm model {name!r} are not in the Hugging Face cache "
@@ -154,9 +154,9 @@ def _create_timm(name: str, pretrained: bool) -> nn.Module:
         ) from err
 
 
-def timm_model(
+def timm(
     name: str,
-    pretrained: bool = True,
+    pretrained: bool = False,
     weights_path: str | None = None,
     freeze: bool | int = False,
     **_: object,
