@@ -21,7 +21,7 @@ SWEEP_ARGS = $(DATA_ARGS) $(if $(DATASET)$(EXPERIMENT),,experiment=clothing_scre
 # (shells and schedulers export one, often the machine's name) must not open a server to the network.
 BIND := $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 
-.PHONY: help install test test-slow lint format demo screen full sweep train samplers bench report results predict serve ui dashboard server clean
+.PHONY: help install test test-slow test-cluster lint format demo screen full sweep train samplers bench report results predict serve ui dashboard server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test:  ## the test suite (offline, CPU, tiny data; a few minutes)
 
 test-slow:  ## also the long checks on real data in ../shared/data
 	$(BIN)/pytest -q -m "slow or not slow"
+
+test-cluster:  ## the cluster tests on a local SLURM and PostgreSQL (as root: .ci/cluster up first)
+	$(BIN)/pytest -q -m "cluster and not slow"
 
 lint:  ## ruff lint and format check
 	$(BIN)/ruff check .
