@@ -132,16 +132,15 @@ def test_page_shows_each_seed_with_its_recorded_figures_and_command(made: dict) 
         assert run.data.tags["command"] in text.split("```bash", 1)[1]
 
 
-def test_mean_counts_finished_runs_and_lists_the_failed_one(made: dict) -> None:
+def test_mean_counts_finished_runs_and_a_data_error_leaves_no_run(made: dict) -> None:
+    """The seed run without its data stops before any MLflow run is made (nothing to list);
+    failed runs that do exist are listed, never counted (the unit test below)."""
     text = made["text"]
     finished = [r for r in made["runs"] if r.data.tags.get("status") == "finished"]
-    (failed,) = [r for r in made["runs"] if r.info.status == "FAILED"]
-    assert "test_acc" not in failed.data.metrics
+    assert len(finished) == 2 and len(made["runs"]) == 2
     mean = statistics.fmean(r.data.metrics["test_acc"] for r in finished)
     assert f"| **mean of 2 seeds** | {mean:.2%}" in text
-    (failed_row,) = [line for line in text.splitlines() if "| failed: DataError" in line]
-    assert failed_row.startswith(row("1", "—", "—", "—"))
-    assert "2 counted" in text
+    assert "2 counted" in text and "| failed" not in text
 
 
 def test_summary_compares_the_runs_with_the_study_and_recipes_without_runs_say_why(
