@@ -32,7 +32,7 @@ install:  ## create .venv and install the package (editable) with its test tools
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e ".[test,dashboard,postgres]"
 
-test:  ## the test suite (offline, CPU, tiny data; a few minutes)
+test:  ## the test suite (offline, CPU, tiny data; about 25 minutes on 2 cores)
 	$(BIN)/pytest -q
 
 test-slow:  ## also the long checks on real data in ../shared/data
