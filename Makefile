@@ -54,7 +54,7 @@ train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=
 
 demo:  ## an offline transfer screen (frozen ImageNet EfficientNet-Lite0) and its full runs on the bundled sample
 	$(FS) sweep sweep=demo $(ARGS)
-	$(FS) report
+	$(FS) report clothing_sample-demo
 
 screen:  ## the 24-condition screen, resumable: make screen ROOT=... ARGS="..."
 	$(FS) screen $(SWEEP_ARGS) $(ARGS)
