@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mlflow.entities import DatasetInput, Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -277,8 +278,19 @@ class TrackedRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, redact(str(value)))
 
-    def log_inputs(self, datasets: list[DatasetInput]) -> None:
-        self.client.log_inputs(self.run_id, datasets=datasets)
+    def log_inputs(self, datasets: list[DatasetInput], attempts: int = 3) -> None:
+        """The run's data sets as MLflow inputs. Workers that log the same data set at once
+        race on MLflow's unique (experiment, name, digest) row; the loser's retry finds the row
+        the winner wrote and links it, instead of crashing its condition."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+                return
+            except MlflowException as err:
+                unique = "UNIQUE constraint" in str(err) or "duplicate key" in str(err)
+                if not unique or attempt == attempts:
+                    raise
+                time.sleep(0.2 * attempt)
 
     @contextlib.contextmanager
     def system_metrics(self, every_s: float | None) -> Iterator[None]:
