@@ -94,9 +94,6 @@ def overall_metrics(predictions: Predictions) -> dict[str, float]:
     }
 
 
-BASELINES = ("chance_acc", "majority_acc")
-
-
 def baselines(
     train_targets: np.ndarray, test_targets: np.ndarray, classes: int
 ) -> dict[str, float]:
@@ -113,7 +110,9 @@ def baselines(
 
 
 def baseline_text(acc: float, metrics: dict[str, float]) -> str:
-    """`72.9% (chance 12.5%, majority class 16.7%)`: a model's accuracy beside its baselines."""
+    """`72.9% (chance 12.5%, majority class 16.7%)`: a model's accuracy beside its baselines
+    (`metrics`: `baselines`' keys, bare or with the run's `test_` prefix)."""
+    metrics = {k.removeprefix("test_"): v for k, v in metrics.items()}
     text = f"{acc:.1%}"
     parts = [f"chance {metrics['chance_acc']:.1%}"] if "chance_acc" in metrics else []
     if "majority_acc" in metrics:

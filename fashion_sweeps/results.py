@@ -338,10 +338,12 @@ def cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def md_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return lines
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *map(md_row, rows)]
 
 
 def target_verdict(recipe: Recipe, group: Group | None) -> str:
@@ -577,13 +579,13 @@ def render_page(
         "## Summary",
         "",
         *md_table(
-            ["recipe", "study reports", "target", "ours (mean over seeds)", "target met"],
-            [summary_cells(recipe, groups.get(name, [])) for name, recipe in recipes.items()],
+            ["recipe", "study reports", "target", "ours (mean over seeds)", "target met"], []
+        ),
+        *(
+            carried[name].row if name in carried else md_row(summary_cells(r, groups.get(name, [])))
+            for name, r in recipes.items()
         ),
     ]
-    for i, name in enumerate(recipes):
-        if name in carried:  # the summary's rows follow its header and rule
-            lines[-len(recipes) + i] = carried[name].row
     for name, recipe in recipes.items():
         if name in carried:
             lines += ["", f"## {name}", "", carried[name].note(), "", carried[name].section]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +35,28 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header += b"".join(struct.pack(">I", d) for d in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fashion_sweeps(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`fashion-sweeps ARGS` as a user runs it, in a subprocess from `cwd`, never reporting to a
+    tracking server of the user's; with `check`, a non-zero exit fails with its output."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fashion_sweeps.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-6000:]}")
+    return result
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    """Everything a command printed (Hydra logs to stdout, Python to stderr)."""
+    return result.stdout + result.stderr
 
 
 @pytest.fixture

@@ -3,17 +3,11 @@ champion is well above chance (slow: the whole demo, about 2 minutes on 2 cores)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import fashion_sweeps
 from mlflow.tracking import MlflowClient
-
-
-def fashion_sweeps(cwd: Path, *args: str) -> None:
-    command = [sys.executable, "-m", "fashion_sweeps.cli", *args]
-    subprocess.run(command, cwd=cwd, check=True, timeout=900)
 
 
 @pytest.mark.slow

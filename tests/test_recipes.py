@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import class_image
+from conftest import class_image, fashion_sweeps, output
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from test_sweeps import fashion_sweeps, output
 
 from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.data.sources import DataError

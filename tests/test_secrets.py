@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import fashion_sweeps, output
 
 from fashion_sweeps.redact import redact
 
@@ -34,23 +33,17 @@ def files_holding(folder: Path, needle: str) -> list[Path]:
 
 def test_unreachable_server_with_credentials_is_reported_without_them(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fashion_sweeps.cli",
-            "train",
-            "dataset=clothing_sample",
-            f"tracking.uri=http://user:{SECRET}@127.0.0.1:9",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = fashion_sweeps(
+        tmp_path,
+        "train",
+        "dataset=clothing_sample",
+        f"tracking.uri=http://user:{SECRET}@127.0.0.1:9",
+        f"hydra.run.dir={out}",
+        check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1 and "does not answer" in output
-    assert "http://user:***@127.0.0.1:9" in output
-    assert SECRET not in output
+    printed = output(result)
+    assert result.returncode == 1 and "does not answer" in printed
+    assert "http://user:***@127.0.0.1:9" in printed
+    assert SECRET not in printed
     assert (out / ".hydra" / "overrides.yaml").is_file()
     assert files_holding(out, SECRET) == []

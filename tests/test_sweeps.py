@@ -7,15 +7,13 @@ runs of its top 2) is shared by the tests below; each checks one promise of it.
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
-from conftest import CLASSES, class_image
+from conftest import CLASSES, class_image, fashion_sweeps, output
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 
@@ -40,25 +38,6 @@ def write_clothing(root: Path, per_class: int = 12) -> Path:
         writer.writerow(["image", "sender_id", "label", "kids"])
         writer.writerows(rows)
     return root
-
-
-def fashion_sweeps(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(
-        [sys.executable, "-m", "fashion_sweeps.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-6000:]}")
-    return result
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

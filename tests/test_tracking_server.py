@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import fashion_sweeps, output
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.config import CONF_DIR
@@ -147,28 +148,22 @@ def test_credentials_in_the_tracking_uri_are_never_written(server, tmp_path: Pat
     secret = "s3cret-pw"
     with_credentials = url.replace("http://", f"http://user:{secret}@")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fashion_sweeps.cli",
-            "train",
-            "dataset=clothing_sample",
-            "backbone=mlp",
-            "backbone.hidden=8",
-            "dataset.image_size=8",
-            "trainer.max_epochs=1",
-            "tracking.log_model=false",
-            f"tracking.uri={with_credentials}",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = fashion_sweeps(
+        tmp_path,
+        "train",
+        "dataset=clothing_sample",
+        "backbone=mlp",
+        "backbone.hidden=8",
+        "dataset.image_size=8",
+        "trainer.max_epochs=1",
+        "tracking.log_model=false",
+        f"tracking.uri={with_credentials}",
+        f"hydra.run.dir={out}",
+        check=False,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert secret not in output
+    printed = output(result)
+    assert result.returncode == 0, printed[-3000:]
+    assert secret not in printed
     assert "user:***@" in (out / "mlflow_run.json").read_text()
     written = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert written == []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import fashion_sweeps, output
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.data.sources import DataError
@@ -128,25 +128,17 @@ def test_unreachable_tracking_server_fails_before_training(make_cfg, clothing_ro
 
 
 def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fashion_sweeps.cli",
-            "train",
-            "dataset=clothing_sample",
-            "backbone=simple_cnn",
-            "backbone.width=4",
-            "trainer.max_epochs=1",
-            f"tracking.dir={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = fashion_sweeps(
+        tmp_path,
+        "train",
+        "dataset=clothing_sample",
+        "backbone=simple_cnn",
+        "backbone.width=4",
+        "trainer.max_epochs=1",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 1/1" in result.stderr + result.stdout  # one summary line when not on a tty
+    assert "epoch 1/1" in output(result)  # one summary line when not on a tty
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 
@@ -160,25 +152,10 @@ def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
     ],
 )
 def test_cli_prints_a_user_error_without_a_traceback(tmp_path: Path, override, message) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fashion_sweeps.cli",
-            "train",
-            "dataset=clothing",
-            override.format(tmp=tmp_path),
-            f"tracking.dir={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr  # Hydra's log goes to stdout
-    assert result.returncode == 1
-    assert message in output
-    assert "Traceback" not in output
+    code, printed = cli_train(tmp_path, "dataset=clothing", override.format(tmp=tmp_path))
+    assert code == 1
+    assert message in printed
+    assert "Traceback" not in printed
 
 
 def test_ema_validates_keeps_and_tests_the_averaged_weights(make_cfg, clothing_root) -> None:
@@ -265,22 +242,16 @@ def test_a_run_carries_mlflows_context_tags_data_inputs_and_system_metrics(
 
 def cli_train(tmp_path: Path, *args: str) -> tuple[int, str]:
     """`fashion-sweeps train ARGS` in a subprocess: its exit code and everything it printed."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fashion_sweeps.cli",
-            "train",
-            *args,
-            "backbone.pretrained=false",
-            f"tracking.dir={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = fashion_sweeps(
+        tmp_path,
+        "train",
+        *args,
+        "backbone.pretrained=false",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        check=False,
     )
-    return result.returncode, result.stdout + result.stderr
+    return result.returncode, output(result)
 
 
 def assert_one_paragraph(code: int, output: str, message: str) -> None:

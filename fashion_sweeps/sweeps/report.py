@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.evaluation import BASELINES, baseline_text
+from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.paths import folder_name
 from fashion_sweeps.redact import redact
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
@@ -208,11 +208,10 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
 
 def best_model_section(client: MlflowClient, run: Run, stage: str, registered: str) -> Section:
     tags, metrics = run.data.tags, run.data.metrics
-    floor = {k: metrics[f"test_{k}"] for k in BASELINES if f"test_{k}" in metrics}
     text = (
         f"{tags.get('condition', run.info.run_name)} (the {stage} run with the lowest "
         f"val_loss, {metrics['best_val_loss']:.4f}; test accuracy "
-        f"{baseline_text(metrics.get('test_acc', math.nan), floor)}, weighted F1 "
+        f"{baseline_text(metrics.get('test_acc', math.nan), metrics)}, weighted F1 "
         f"{metrics.get('test_f1_weighted', math.nan):.4f}). MLflow run "
         f"{run.info.run_id}."
     )
