@@ -143,3 +143,21 @@ def test_registered_version_is_linked_to_its_logged_model(run: TrackedRun) -> No
     assert {"name": "linked-classifier", "version": str(version.version)} in [
         {k: str(v) for k, v in entry.items()} for entry in versions
     ]
+
+
+def test_registration_lands_in_the_runs_store_whatever_the_global_registry(
+    run: TrackedRun, tmp_path
+) -> None:
+    """`register` takes the run's client: a registry URI another store set earlier in the same
+    process (the results page, predict, a second report) must not receive the version."""
+    log_classifier(run, tiny_module().model, images(2))
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_registry_uri(elsewhere)
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        register(run.client, run.run_id, name="own-store-classifier")
+    finally:
+        mlflow.set_registry_uri(None)
+    version = run.client.get_model_version_by_alias("own-store-classifier", "champion")
+    assert version.run_id == run.run_id
+    assert mlflow.MlflowClient(elsewhere).search_registered_models() == []

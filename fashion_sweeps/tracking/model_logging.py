@@ -8,6 +8,8 @@ pyfunc wrapper: the PyTorch flavor's own pyfunc returns bare tensors, while user
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -21,10 +23,12 @@ import mlflow.pytorch
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.models.classifier import Classifier
@@ -173,6 +177,24 @@ def load_classifier(model_uri: str) -> Classifier:
     return mlflow.pytorch.load_model(str(Path(local) / "artifacts" / "classifier"))
 
 
+def _new_version(client: MlflowClient, name: str, model_uri: str, run_id: str) -> ModelVersion:
+    """A new version of `name` in the client's own registry, linked both ways to the logged
+    model, as `mlflow.register_model` links it; that fluent call would register into the
+    process's global registry, which another store may have set (a report, then predict)."""
+    with contextlib.suppress(MlflowException):  # the registered model exists already
+        client.create_registered_model(name)
+    model_id = model_uri.removeprefix("models:/")
+    # The registry resolves a `models:/m-...` source through the global tracking URI.
+    mlflow.set_tracking_uri(client.tracking_uri)
+    version_ = client.create_model_version(
+        name, model_uri, run_id=run_id, model_id=model_id, await_creation_for=0
+    )
+    earlier = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    linked = [*json.loads(earlier or "[]"), {"name": name, "version": version_.version}]
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
+    return version_
+
+
 def register(
     client: MlflowClient,
     run_id: str,
@@ -197,12 +219,7 @@ def register(
     if same:
         version_ = max(same, key=lambda v: int(v.version))
     else:
-        # The fluent call, unlike the client's, also links the logged model to its version (the
-        # model's page then names it). It reads the global tracking URI; the registry follows it
-        # unless set apart (only `store.store_uri` sets it, to the same store). Setting the
-        # registry here would leak into every later client of another store in this process.
-        mlflow.set_tracking_uri(client.tracking_uri)
-        version_ = mlflow.register_model(model_uri, name, await_registration_for=0)
+        version_ = _new_version(client, name, model_uri, run_id)
     client.set_registered_model_alias(name, alias, str(version_.version))
     log.info("Registered %s as %s version %s, alias %s", model_uri, name, version_.version, alias)
     return f"models:/{name}@{alias}"
