@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
@@ -52,6 +57,31 @@ def fashion_sweeps(cwd: Path, *args: str, check: bool = True) -> subprocess.Comp
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-6000:]}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
+    """Poll the server at `url` until its /health answers. A server not listening yet, or too
+    busy starting to answer in time, is waited for; one that exits or misses the deadline is
+    stopped (its process group) and fails the test with what it printed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=10).ok:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            printed = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            pytest.fail(f"the server at {url} did not come up: {printed}")
+        time.sleep(0.5)
 
 
 def output(result: subprocess.CompletedProcess) -> str:

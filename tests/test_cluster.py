@@ -10,7 +10,6 @@ scancel tests are also `slow` (`make test-slow`): CI runs the other two, ~4 minu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-import requests
+from conftest import free_port, wait_until_healthy
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -151,31 +150,10 @@ def pg_tracking_server(database: Callable[[], str], tmp_path: Path) -> Iterator[
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # creating the tables of a fresh store, on a loaded machine
-    while not _healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            pytest.fail(f"make server did not come up: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.5)
+    wait_until_healthy(url, proc, 600)  # creating the tables of a fresh store, on a loaded machine
     yield url, store
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=10).ok
-    except requests.RequestException:  # not listening yet, or still too busy starting to answer
-        return False
 
 
 def connections(url: str) -> int:

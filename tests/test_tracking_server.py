@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
-from conftest import fashion_sweeps, output
+from conftest import fashion_sweeps, free_port, output, wait_until_healthy
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.train import train
 
 REPO = CONF_DIR.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,17 +30,7 @@ def server(tmp_path: Path):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGTERM)
-            pytest.fail(f"make server did not come up: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.5)
+    wait_until_healthy(url, proc, 120)
     yield url, store
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
@@ -83,17 +64,8 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
          "--serve-artifacts", "--artifacts-destination", str(store / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                return proc
-        except requests.RequestException:  # not listening yet, or too busy to answer in time
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("mlflow server did not come up")
-        time.sleep(0.5)
+    wait_until_healthy(f"http://127.0.0.1:{port}", proc, 120)
+    return proc
 
 
 def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
