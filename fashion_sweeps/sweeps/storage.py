@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -57,4 +59,13 @@ def _server_storage(url: str, pid: int) -> BaseStorage:
     its storage several times (creating, loading, each stage), and every Optuna storage object
     keeps its own pool open. Keyed by process id too: a forked child must not talk over its
     parent's connections (the server sees one client sending two streams and drops it)."""
-    return optuna.storages.get_storage(RDBStorage(url, engine_kwargs=dict(SERVER_ENGINE)))
+    # Workers started together on a fresh database race to create Optuna's schema (CREATE TYPE
+    # collides in PostgreSQL): the loser opens it again, now that the tables exist.
+    for attempt in range(3):
+        try:
+            return optuna.storages.get_storage(RDBStorage(url, engine_kwargs=dict(SERVER_ENGINE)))
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
