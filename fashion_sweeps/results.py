@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from fashion_sweeps.config import CONF_DIR, project_dir
 from fashion_sweeps.earlier_page import Earlier, earlier_recipes
 from fashion_sweeps.settings import changes_result
-from fashion_sweeps.tracking.runs import config_params
+from fashion_sweeps.tracking.runs import config_params, store_client
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
@@ -751,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = run_recipes(
             recipes, args.run, args.seeds, args.roots, args.tracking_uri, args.overrides
         )
-    _, table = write_page(MlflowClient(uri), args.out, recipes)
+    _, table = write_page(store_client(uri), args.out, recipes)
     print(table)
     print(f"Wrote {args.out}")
     if failed:

@@ -192,8 +192,13 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture(autouse=True)
 def _isolated_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never write to a user's tracking server or the project's own mlruns/."""
+    """Tests never write to a user's tracking server or the project's own mlruns/, and a
+    registry URI one test made global (predict, the report) does not reach the next."""
+    from mlflow.tracking._model_registry import utils as registry
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(registry, "_registry_uri", None)
 
 
 @pytest.fixture(autouse=True)

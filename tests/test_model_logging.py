@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from fashion_sweeps.data.decode import resize_pixels
@@ -158,6 +159,22 @@ def test_registration_lands_in_the_runs_store_whatever_the_global_registry(
         register(run.client, run.run_id, name="own-store-classifier")
     finally:
         mlflow.set_registry_uri(None)
-    version = run.client.get_model_version_by_alias("own-store-classifier", "champion")
-    assert version.run_id == run.run_id
-    assert mlflow.MlflowClient(elsewhere).search_registered_models() == []
+    own = MlflowClient(run.uri, registry_uri=run.uri)
+    assert own.get_model_version_by_alias("own-store-classifier", "champion").run_id == run.run_id
+    assert MlflowClient(elsewhere, registry_uri=elsewhere).search_registered_models() == []
+
+
+def test_a_run_opened_after_another_store_registers_in_its_own(store: str, tmp_path) -> None:
+    """A run opened while the process's tracking or registry URI points at another store
+    (predict or the results page ran first in the same process) registers into its own."""
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        run = TrackedRun.start(OmegaConf.create({"uri": store}), "models")
+        log_classifier(run, tiny_module().model, images(2))
+        register(run.client, run.run_id, name="late-classifier")
+    finally:
+        mlflow.set_registry_uri(None)
+    own = MlflowClient(store, registry_uri=store)
+    assert own.get_model_version_by_alias("late-classifier", "champion").run_id == run.run_id
+    assert MlflowClient(elsewhere, registry_uri=elsewhere).search_registered_models() == []

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+
+from fashion_sweeps.tracking.runs import store_client
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_screen(settings: ScreenSettings, name: str, features: bool) -> float:
 
 def screen_runs(settings: ScreenSettings, name: str) -> list[Run]:
     """The screen's condition runs, oldest first."""
-    client = MlflowClient(settings.tracking_uri)
+    client = store_client(settings.tracking_uri)
     experiment = client.get_experiment_by_name("bench")
     runs = client.search_runs(
         [experiment.experiment_id],

@@ -21,6 +21,8 @@ import time
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps.tracking.runs import store_client
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,7 @@ def one_run(client: MlflowClient, experiment: str, until: float, latencies: list
 
 def load(url: str, n_runs: int, seconds: float) -> tuple[float, float]:
     """(requests per second in all, median latency in ms) with n_runs logging at once."""
-    client = MlflowClient(url)
+    client = store_client(url)
     found = client.get_experiment_by_name("tracking-load")
     experiment = found.experiment_id if found else client.create_experiment("tracking-load")
     latencies: list[list[float]] = [[] for _ in range(n_runs)]

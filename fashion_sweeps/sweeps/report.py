@@ -40,7 +40,7 @@ from fashion_sweeps.tracking.plots import (
     lr_figure,
     png_bytes,
 )
-from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.runs import TrackedRun, store_client
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fashion_sweeps.tracking.store import store_uri
 
     try:
-        client = MlflowClient(store_uri(args.tracking_uri))
+        client = store_client(store_uri(args.tracking_uri))
         args.sweep = args.sweep or latest_sweep(client)
         report, parents = build_report(
             client, args.sweep, None if args.no_register else args.register_as

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from fashion_sweeps.tracking.runs import (
@@ -20,6 +19,7 @@ from fashion_sweeps.tracking.runs import (
     check_reachable,
     close_dead_runs,
     ensure_experiment,
+    store_client,
     tracking_uri,
 )
 
@@ -33,7 +33,7 @@ def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str
     a new one named `<sweep>/<stage>`."""
     uri = tracking_uri(tracking)
     check_reachable(uri)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     close_dead_runs(client)
     experiment_id = ensure_experiment(client, experiment, artifact_root(tracking, uri))
     found = client.search_runs(

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -44,7 +43,7 @@ from fashion_sweeps.sweeps.study import (
 )
 from fashion_sweeps.sweeps.study import abandon_leftovers as study_abandon_leftovers
 from fashion_sweeps.tracking.provenance import process_gone
-from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, tracking_uri
+from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, store_client, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def create_study_if_missing(storage: str, name: str, direction: str) -> bool:
 def _reopen(tracking: DictConfig, run_id: str) -> TrackedRun | None:
     uri = tracking_uri(tracking)
     check_reachable(uri)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     try:
         run = client.get_run(run_id)
     except Exception:  # deleted, or another tracking store than the study's first worker used

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -35,6 +34,7 @@ from fashion_sweeps.tracking.runs import (
     check_reachable,
     config_params,
     config_yaml,
+    store_client,
     tracking_uri,
 )
 
@@ -261,7 +261,7 @@ def _continue(
         )
         return None
     check_reachable(uri)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     try:
         previous = client.get_run(record["run_id"])
     except Exception:  # deleted, or a store that never had it

@@ -32,6 +32,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
+def store_client(uri: str) -> MlflowClient:
+    """A client whose runs and model registry are both in `uri`. Without an explicit registry
+    MLflow takes the process's global one, which an earlier store may have set (predict or the
+    results page before a registration), and the version would land there."""
+    return MlflowClient(uri, registry_uri=uri)
+
+
 class TrackingUnavailableError(RuntimeError):
     """The tracking store cannot be reached or opened."""
 
@@ -104,7 +111,7 @@ def check_reachable(uri: str) -> None:
             ) from None  # the cause's message holds the URI's credentials
         return
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        store_client(uri).search_experiments(max_results=1)
     except Exception as err:  # sqlite/file stores fail with many error types
         raise TrackingUnavailableError(
             redact(
@@ -236,7 +243,7 @@ class TrackedRun:
     ) -> TrackedRun:
         uri = tracking_uri(cfg)
         check_reachable(uri)
-        client = MlflowClient(uri)
+        client = store_client(uri)
         close_dead_runs(client)
         experiment_id = ensure_experiment(client, experiment, artifact_root(cfg, uri))
         all_tags = dict(tags or {})
