@@ -17,16 +17,10 @@ import pytest
 from conftest import write_idx
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.results import (
-    Recipe,
-    RunRecord,
-    display_store,
-    group_runs,
-    load_recipes,
-    main,
-    recipe_names,
-    render_page,
-)
+from fashion_sweeps.recipes.catalogue import Recipe, load_recipes, recipe_names
+from fashion_sweeps.recipes.command import main
+from fashion_sweeps.recipes.page import display_store, render_page
+from fashion_sweeps.recipes.runs import RunRecord, group_runs
 
 # The recipe as written on 60 images; these overrides change only outputs and tracking.
 TINY = [
