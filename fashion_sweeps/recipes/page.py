@@ -6,13 +6,14 @@ earlier page (earlier_page.py)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import markdown
 from fashion_sweeps.recipes.catalogue import METRICS, Recipe, load_recipes
 from fashion_sweeps.recipes.earlier_page import Earlier, earlier_recipes
 from fashion_sweeps.recipes.runs import EARLIER, Group, RunRecord, group_runs, recipe_runs
@@ -44,18 +45,6 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def cell(text: object) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def md_row(cells: Sequence[object]) -> str:
-    return "| " + " | ".join(cell(c) for c in cells) + " |"
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *map(md_row, rows)]
 
 
 def target_verdict(recipe: Recipe, group: Group | None) -> str:
@@ -101,7 +90,7 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
                 f"{n} counted",
             ]
         )
-    lines = md_table(header, rows)
+    lines = markdown.table(header, rows)
     if group.superseded:
         lines += [
             "",
@@ -242,7 +231,7 @@ def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
         ]
         for changes, r in runs[:MAX_CHANGED_ROWS]
     ]
-    lines = md_table(header, rows)
+    lines = markdown.table(header, rows)
     if len(runs) > MAX_CHANGED_ROWS:
         lines += [
             "",
@@ -297,11 +286,13 @@ def render_page(
         "",
         "## Summary",
         "",
-        *md_table(
+        *markdown.table(
             ["recipe", "study reports", "target", "ours (mean over seeds)", "target met"], []
         ),
         *(
-            carried[name].row if name in carried else md_row(summary_cells(r, groups.get(name, [])))
+            carried[name].row
+            if name in carried
+            else markdown.row(summary_cells(r, groups.get(name, [])))
             for name, r in recipes.items()
         ),
     ]

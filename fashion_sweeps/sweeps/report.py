@@ -27,11 +27,12 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import markdown
 from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.paths import folder_name
 from fashion_sweeps.redact import redact
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
-from fashion_sweeps.sweeps.tables import comparison_table, ranking_table, to_markdown
+from fashion_sweeps.sweeps.tables import comparison_table, ranking_table
 from fashion_sweeps.tracking.model_logging import CHAMPION, DEFAULT_REGISTERED_NAME, register
 from fashion_sweeps.tracking.plots import (
     CURVES_FILE,
@@ -333,7 +334,7 @@ def render_markdown(report: Report, created: str, image_dir: str = "images") -> 
         lines += [f"## {section.title}", ""]
         if section.text:
             lines += [section.text, ""]
-        lines += [to_markdown(table) + "\n" for table in section.tables]
+        lines += [markdown.frame_table(table) + "\n" for table in section.tables]
         lines += [
             f"![{caption}]({image_dir}/{image_name(section, i)})\n"
             for i, (caption, _) in enumerate(section.images)

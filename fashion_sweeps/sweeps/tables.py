@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import markdown
 from fashion_sweeps.tracking.runs import TrackedRun
 
 CONDITION_COLUMNS = {"backbone": "model", "head": "last_layer", "optimizer": "optimizer"}
@@ -108,17 +109,13 @@ def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
     return _ordered(rows, columns)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, floatfmt=".4g")
-
-
 def publish(table: pd.DataFrame, name: str, title: str, parent: TrackedRun, folder: Path) -> str:
     """Write `<name>.csv` and `<name>.md` into the stage's folder and the parent run; return the
     Markdown (title included) for the console."""
-    markdown = f"## {title}\n\n{to_markdown(table)}\n"
+    text = f"## {title}\n\n{markdown.frame_table(table)}\n"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
-    (folder / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.md").write_text(text)
     parent.log_file(folder / f"{name}.csv")
     parent.log_file(folder / f"{name}.md")
-    return markdown
+    return text
