@@ -115,10 +115,10 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
     ]
     ranking = html.split("<h2>Screen ranking</h2>")[1].split("<h2>")[0]
     for header in (
-        "model",
-        "last_layer",
+        "backbone",
+        "head",
         "optimizer",
-        "learning_rate",
+        "lr",
         "val_loss",
         "train_accuracy",
     ):
@@ -148,7 +148,7 @@ def test_html_is_self_contained(report) -> None:
 def test_markdown_twin_and_its_images(report) -> None:
     md = report["md"]
     assert "## Screen ranking" in md and "## Full runs" in md
-    assert "| model" in md
+    assert "| backbone" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 6
     assert all((report["out"] / link).is_file() for link in links)

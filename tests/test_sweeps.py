@@ -120,10 +120,10 @@ def test_ranking_table_lists_conditions_best_first(workdir, swept):
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:9] == [
         "rank",
-        "model",
-        "last_layer",
+        "backbone",
+        "head",
         "optimizer",
-        "learning_rate",
+        "lr",
         "val_loss",
         "train_loss",
         "val_accuracy",

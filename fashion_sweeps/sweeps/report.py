@@ -145,7 +145,7 @@ def artifact_bytes(client: MlflowClient, run_id: str, path: str) -> bytes | None
 
 
 def _group(row: pd.Series) -> str:
-    name = f"{row['model']} × {row['last_layer']} × {row['optimizer']}"
+    name = f"{row['backbone']} × {row['head']} × {row['optimizer']}"
     sampler = row.get("sampler")
     return name if not isinstance(sampler, str) or sampler == "none" else f"{name} × {sampler}"
 
@@ -155,12 +155,12 @@ def lr_series(ranking: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     for _, row in ranking.iterrows():
         value = row["val_loss"] if row["status"] == "finished" else math.nan
-        series.setdefault(_group(row), []).append((float(row["learning_rate"]), float(value)))
+        series.setdefault(_group(row), []).append((float(row["lr"]), float(value)))
     return series
 
 
 def _label(row: pd.Series) -> str:
-    return f"{row['model']}/{row['last_layer']}/{row['optimizer']}/{row['learning_rate']:g}"
+    return f"{row['backbone']}/{row['head']}/{row['optimizer']}/{row['lr']:g}"
 
 
 def screen_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
