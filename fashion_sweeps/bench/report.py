@@ -32,6 +32,14 @@ def overhead(screen: dict[str, Any]) -> tuple[float, float]:
     return trials["startup_s"] + between, trials["teardown_s"]
 
 
+def _ratio_row(
+    measure: str, baseline: str, framework: str, ratio: float, target: str, digits: int = 1
+) -> list[str]:
+    """A measure judged by its ratio to the baseline against TARGETS[target]."""
+    ok = _mark(ratio >= TARGETS[target])
+    return [measure, baseline, framework, f"{_num(ratio, digits)}x", f">= {TARGETS[target]:g}x", ok]
+
+
 def table(results: dict[str, Any]) -> str:
     header = ["measure", "baseline", "this framework", "ratio", "target", "met"]
     rows = []
@@ -39,46 +47,37 @@ def table(results: dict[str, Any]) -> str:
     if screen:
         grid = f"{screen['conditions']} conditions x {results['settings']['epochs']} epoch(s)"
         rows.append(
-            [
+            _ratio_row(
                 f"1. Frozen-backbone screen, {grid} (wall s)",
                 f"{_num(screen['uncached_s'])} (no feature cache)",
                 f"{_num(screen['cached_s'])} (feature cache)",
-                f"{_num(screen['ratio'])}x",
-                f">= {TARGETS['screen']:g}x",
-                _mark(screen["ratio"] >= TARGETS["screen"]),
-            ]
+                screen["ratio"],
+                "screen",
+            )
         )
-        rows.append(
-            [
-                "1. Same ranking of the conditions",
-                "",
-                f"max val_loss difference {screen['max_val_loss_difference']:.2g}",
-                "",
-                "identical",
-                _mark(screen["same_ranking"]),
-            ]
-        )
+        difference = f"max val_loss difference {screen['max_val_loss_difference']:.2g}"
+        same = _mark(screen["same_ranking"])
+        rows.append(["1. Same ranking of the conditions", "", difference, "", "identical", same])
     if data:
         rows.append(
-            [
+            _ratio_row(
                 "2. Data loading, best of epochs 2+ (images/s)",
                 f"{_num(data['jpeg_epoch2plus'])} (JPEG decode each epoch)",
                 f"{_num(data['cached_epoch2plus'])} (decode-once cache)",
-                f"{_num(data['ratio'])}x",
-                f">= {TARGETS['data']:g}x",
-                _mark(data["ratio"] >= TARGETS["data"]),
-            ]
+                data["ratio"],
+                "data",
+            )
         )
     if tune:
         rows.append(
-            [
+            _ratio_row(
                 "3. Fine-tuning, one epoch (images/s)",
                 f"{_num(tune['bare_best'])} (bare PyTorch loop)",
                 f"{_num(tune['framework_best'])} (Lightning + metrics + MLflow)",
-                f"{_num(tune['ratio'], 2)}x",
-                f">= {TARGETS['finetune']:g}x",
-                _mark(tune["ratio"] >= TARGETS["finetune"]),
-            ]
+                tune["ratio"],
+                "finetune",
+                digits=2,
+            )
         )
     if screen:
         start, end = overhead(screen)
