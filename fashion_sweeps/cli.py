@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("fashion_sweeps.sweeps.commands:sweep", "screen, then full runs of its winners"),
     "samplers": ("fashion_sweeps.sampler_study:main", "train once per sampler, compare them"),
     "report": ("fashion_sweeps.sweeps.report:main", "a sweep's HTML/Markdown report"),
-    "results": ("fashion_sweeps.results:main", "docs/results.md from the recipe runs (or --run)"),
+    "results": (
+        "fashion_sweeps.recipes.command:main",
+        "docs/results.md from the recipe runs (or --run)",
+    ),
     "predict": ("fashion_sweeps.predict:main", "tag images or folders with a logged model (CSV)"),
     "export-backbone": (
         "fashion_sweeps.models.export:main",

@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fashion_sweeps import markdown
 from fashion_sweeps.config import CONF_DIR, condition_key
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.train import train
@@ -83,9 +84,8 @@ def study_table(runs: Sequence[Run], samplers: Sequence[str]) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    formats = [".1f" if col == "wall_time_s" else ".4f" for col in table.columns]
     cells = table.astype(object).where(table.notna(), None)  # runs without a test: empty cells
-    return cells.to_markdown(index=False, floatfmt=formats, missingval="")
+    return markdown.frame_table(cells, ".4f", {"wall_time_s": ".1f"})
 
 
 def _publish(parent: TrackedRun, table: pd.DataFrame, folder: Path, title: str) -> str:

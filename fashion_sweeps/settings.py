@@ -2,10 +2,11 @@
 
 Three places ask it: a run folder continued by a relaunched job (tracking/job_run.py), a sweep's
 study, which keeps its conditions' results across invocations (sweeps/identity.py), and the
-results page, which compares runs with a recipe (results.py). A setting changes a result unless
-it only says where things are (data, outputs, caches, the tracking store), how a run is shown or
-tracked, or which devices run it. Keys are flattened config keys (`dataset.image_size`) or the
-keys of command-line overrides (`trainer=gpu`, `+tracking.tags.x=1`).
+results page, which compares runs with a recipe (recipes/catalogue.py, same_recipe). A setting
+changes a result unless it only says where things are (data, outputs, caches, the tracking
+store), how a run is shown or tracked, or which devices run it. Keys are flattened config keys
+(`dataset.image_size`) or the keys of command-line overrides (`trainer=gpu`,
+`+tracking.tags.x=1`).
 """
 
 from __future__ import annotations

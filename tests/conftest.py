@@ -89,12 +89,10 @@ def output(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture
-def fmnist_root(tmp_path: Path) -> Path:
+def write_fmnist(root: Path) -> Path:
     """Four IDX gz files: 60 train and 30 test 28x28 images over the 10 classes."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "fashion_mnist"
-    root.mkdir()
+    root.mkdir(parents=True)
     for prefix, n in (("train", 60), ("t10k", 30)):
         labels = np.arange(n) % 10
         images = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
@@ -103,6 +101,44 @@ def fmnist_root(tmp_path: Path) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def write_clothing(root: Path, per_class: int, seed: int) -> Path:
+    """images.csv + images/<id>.jpg in the clothing data set's layout: `per_class` photos of
+    each of CLASSES, every one with its row (clothing_root has the faulty ones)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for c, label in enumerate(CLASSES):
+        for i in range(per_class):
+            image_id = f"{label.lower()}-{i:02d}"
+            class_image(c, rng).save(root / "images" / f"{image_id}.jpg")
+            rows.append((image_id, i, label, "False"))
+    with (root / "images.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "sender_id", "label", "kids"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clothing() -> tuple[str, ...]:
+    """Overrides for a clothing run a test can afford: 16 px images in batches of 8, a CNN 4
+    channels wide (add `dataset.root=...`)."""
+    return (
+        "dataset=clothing",
+        "dataset.image_size=16",
+        "dataset.decode_workers=1",
+        "dataset.batch_size=8",
+        "backbone=simple_cnn",
+        "backbone.width=4",
+    )
+
+
+@pytest.fixture
+def fmnist_root(tmp_path: Path) -> Path:
+    """Four IDX gz files: 60 train and 30 test 28x28 images over the 10 classes."""
+    return write_fmnist(tmp_path / "fashion_mnist")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import optuna
-from test_sweeps import write_clothing
+from conftest import write_clothing
 
 
 def train_app(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_cfg_hydra_composes_a_sweep_with_the_stages_sweeper(tmp_path: Path) -> N
 
 
 def test_multirun_of_the_train_app_runs_a_screen(tmp_path: Path) -> None:
-    root = write_clothing(tmp_path / "clothing", per_class=6)
+    root = write_clothing(tmp_path / "clothing", per_class=6, seed=4)
     result = train_app(
         tmp_path,
         "--multirun",

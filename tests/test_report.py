@@ -4,13 +4,11 @@ stage parents; the best full run's model registered as champion."""
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import re
 
-import numpy as np
 import pytest
-from conftest import CLASSES, class_image
+from conftest import write_clothing
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
@@ -22,24 +20,16 @@ from fashion_sweeps.sweeps.stage_run import open_stage_run
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 
-TINY = [
-    "dataset=clothing",
-    "dataset.image_size=16",
-    "dataset.decode_workers=1",
-    "dataset.batch_size=8",
-    "backbone=simple_cnn",
-    "backbone.width=4",
-]
 CONDITIONS = (("adam", "0.01"), ("sgd", "0.001"))
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> dict:
+def sweep(tmp_path_factory, tiny_clothing) -> dict:
     """A two-condition screen (1 epoch, no models logged) and its two full runs (2 epochs), tracked
     the way the sweep stages track them: parent per stage, children tagged sweep and stage."""
 
     tmp = tmp_path_factory.mktemp("sweep")
-    root = _clothing(tmp / "clothing")
+    root = write_clothing(tmp / "clothing", per_class=8, seed=1)
     store = tmp / "mlruns"
 
     def cfg(*overrides):
@@ -47,7 +37,7 @@ def sweep(tmp_path_factory) -> dict:
             c = compose(
                 "config",
                 [
-                    *TINY,
+                    *tiny_clothing,
                     f"dataset.root={root}",
                     f"tracking.dir={store}",
                     "trainer.progress=lines",
@@ -77,22 +67,6 @@ def sweep(tmp_path_factory) -> dict:
     return {"uri": tracking_uri(cfg().tracking), "val_loss": full_runs, "tmp": tmp}
 
 
-def _clothing(root):
-
-    rng = np.random.default_rng(1)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for c, label in enumerate(CLASSES):
-        for i in range(8):
-            class_image(c, rng).save(root / "images" / f"{label}-{i}.jpg")
-            rows.append((f"{label}-{i}", i, label, "False"))
-    with (root / "images.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "sender_id", "label", "kids"])
-        writer.writerows(rows)
-    return root
-
-
 @pytest.fixture(scope="module")
 def report(sweep) -> dict:
     out = sweep["tmp"] / "report"
@@ -115,10 +89,10 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
     ]
     ranking = html.split("<h2>Screen ranking</h2>")[1].split("<h2>")[0]
     for header in (
-        "model",
-        "last_layer",
+        "backbone",
+        "head",
         "optimizer",
-        "learning_rate",
+        "lr",
         "val_loss",
         "train_accuracy",
     ):
@@ -148,7 +122,7 @@ def test_html_is_self_contained(report) -> None:
 def test_markdown_twin_and_its_images(report) -> None:
     md = report["md"]
     assert "## Screen ranking" in md and "## Full runs" in md
-    assert "| model" in md
+    assert "| backbone" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 6
     assert all((report["out"] / link).is_file() for link in links)

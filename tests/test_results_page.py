@@ -12,21 +12,14 @@ import statistics
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import write_idx
+from conftest import write_fmnist
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.results import (
-    Recipe,
-    RunRecord,
-    display_store,
-    group_runs,
-    load_recipes,
-    main,
-    recipe_names,
-    render_page,
-)
+from fashion_sweeps.recipes.catalogue import Recipe, load_recipes, recipe_names
+from fashion_sweeps.recipes.command import main
+from fashion_sweeps.recipes.page import display_store, render_page
+from fashion_sweeps.recipes.runs import RunRecord, group_runs
 
 # The recipe as written on 60 images; these overrides change only outputs and tracking.
 TINY = [
@@ -35,20 +28,6 @@ TINY = [
     "cache=off",
     "trainer.progress=lines",
 ]
-
-
-def write_fmnist(root: Path) -> Path:
-    """The four IDX gz files (as conftest's fmnist_root): 60 train and 30 test 28x28 images."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for prefix, n in (("train", 60), ("t10k", 30)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            images[i, 2 * label : 2 * label + 3, :] = 250
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -18,25 +18,15 @@ from fashion_sweeps.tracking.plots import epoch_histories, gallery_indices
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
 
-TINY = [
-    "dataset=clothing",
-    "dataset.image_size=16",
-    "dataset.decode_workers=1",
-    "dataset.batch_size=8",
-    "backbone=simple_cnn",
-    "backbone.width=4",
-    "trainer.max_epochs=2",
-]
-
 
 def artifact(client: MlflowClient, run_id: str, path: str, tmp_path) -> bytes:
     return open(client.download_artifacts(run_id, path, str(tmp_path)), "rb").read()
 
 
 def test_a_run_leaves_curves_gallery_label_map_and_a_servable_model(
-    make_cfg, clothing_root, tmp_path
+    make_cfg, tiny_clothing, clothing_root, tmp_path
 ) -> None:
-    cfg = make_cfg(*TINY, f"dataset.root={clothing_root}")
+    cfg = make_cfg(*tiny_clothing, "trainer.max_epochs=2", f"dataset.root={clothing_root}")
     train(cfg)
     client = MlflowClient(tracking_uri(cfg.tracking))
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -77,8 +67,13 @@ def test_a_run_leaves_curves_gallery_label_map_and_a_servable_model(
     np.testing.assert_allclose(out[classes].to_numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_model_logging_can_be_switched_off(make_cfg, clothing_root) -> None:
-    cfg = make_cfg(*TINY, f"dataset.root={clothing_root}", "tracking.log_model=false")
+def test_model_logging_can_be_switched_off(make_cfg, tiny_clothing, clothing_root) -> None:
+    cfg = make_cfg(
+        *tiny_clothing,
+        "trainer.max_epochs=2",
+        f"dataset.root={clothing_root}",
+        "tracking.log_model=false",
+    )
     train(cfg)
     client = MlflowClient(tracking_uri(cfg.tracking))
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

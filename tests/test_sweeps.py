@@ -10,10 +10,9 @@ import csv
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from conftest import CLASSES, class_image, fashion_sweeps, output
+from conftest import fashion_sweeps, output, write_clothing
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 
@@ -23,27 +22,10 @@ GRID = ["backbone=mlp", "head=fc,batchnorm", "optimizer.lr=0.01,0.001,inf"]
 SCREEN_KEYS = {f"mlp/{h}/adam/{lr}" for h in ("fc", "batchnorm") for lr in ("0.01", "0.001", "inf")}
 
 
-def write_clothing(root: Path, per_class: int = 12) -> Path:
-    """images.csv + images/<id>.jpg in the clothing data set's layout."""
-    rng = np.random.default_rng(4)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for c, label in enumerate(CLASSES):
-        for i in range(per_class):
-            image_id = f"{label.lower()}-{i:02d}"
-            class_image(c, rng).save(root / "images" / f"{image_id}.jpg")
-            rows.append((image_id, i, label, "False"))
-    with (root / "images.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "sender_id", "label", "kids"])
-        writer.writerows(rows)
-    return root
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("sweep")
-    write_clothing(work / "clothing")
+    write_clothing(work / "clothing", per_class=12, seed=4)
     return work
 
 
@@ -120,10 +102,10 @@ def test_ranking_table_lists_conditions_best_first(workdir, swept):
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:9] == [
         "rank",
-        "model",
-        "last_layer",
+        "backbone",
+        "head",
         "optimizer",
-        "learning_rate",
+        "lr",
         "val_loss",
         "train_loss",
         "val_accuracy",
@@ -210,7 +192,7 @@ def test_stage_says_which_condition_of_how_many_and_the_time_left(swept):
     assert any("condition 6/6: mlp/" in line and "left)" in line for line in lines)
 
 
-def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workdir, swept):
+def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workdir, client):
     """Screen cheaply, then fine-tune the best: `sweep.full.freeze` and `sweep.full.lr_scale`."""
     args = [a for a in common_args(workdir) if a != "sweep.name=t"]
     fashion_sweeps(
@@ -225,7 +207,6 @@ def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workd
         "sweep.full.lr_scale=0.1",
     )
     screened = {t.user_attrs["condition"]: t.value for t in study(workdir, "screen").trials}
-    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("clothing")
     tuned = client.search_runs([experiment.experiment_id], "tags.sweep = 't_tuned'")
     kids = [r for r in tuned if r.data.tags.get("run_kind") != "stage"]
@@ -264,7 +245,7 @@ def test_a_changed_fixed_setting_starts_a_new_study_and_the_same_settings_resume
 def test_swept_values_never_place_outputs_outside_the_stage_folder(tmp_path: Path) -> None:
     """A swept value is part of the condition's folder name, not a path: `..`, `/` and absolute
     paths stay inside multirun/sweeps/<name>/<stage>/."""
-    write_clothing(tmp_path / "clothing", per_class=6)
+    write_clothing(tmp_path / "clothing", per_class=6, seed=4)
     # From the condition folder `.../mlp/fc/adam/0.01/note=..`, nine more `..` reach tmp_path.
     escape = "../" * 10 + "escaped"
     args = [*common_args(tmp_path), "sweep.name=esc", "backbone=mlp", "head=fc"]
@@ -282,7 +263,7 @@ def test_swept_values_never_place_outputs_outside_the_stage_folder(tmp_path: Pat
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden"])
 def test_a_sweep_name_that_is_not_a_folder_name_is_refused(tmp_path: Path, name: str) -> None:
-    write_clothing(tmp_path / "clothing", per_class=2)
+    write_clothing(tmp_path / "clothing", per_class=2, seed=4)
     args = [*common_args(tmp_path), f"sweep.name={name}", "backbone=mlp", "head=fc"]
     result = fashion_sweeps(tmp_path, "screen", *args, "optimizer.lr=0.01", check=False)
     assert result.returncode != 0

@@ -27,11 +27,12 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import markdown
 from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.paths import folder_name
 from fashion_sweeps.redact import redact
 from fashion_sweeps.sweeps.stage_run import STAGE_KIND, children, latest_per_condition
-from fashion_sweeps.sweeps.tables import comparison_table, ranking_table, to_markdown
+from fashion_sweeps.sweeps.tables import comparison_table, ranking_table
 from fashion_sweeps.tracking.model_logging import CHAMPION, DEFAULT_REGISTERED_NAME, register
 from fashion_sweeps.tracking.plots import (
     CURVES_FILE,
@@ -144,7 +145,7 @@ def artifact_bytes(client: MlflowClient, run_id: str, path: str) -> bytes | None
 
 
 def _group(row: pd.Series) -> str:
-    name = f"{row['model']} × {row['last_layer']} × {row['optimizer']}"
+    name = f"{row['backbone']} × {row['head']} × {row['optimizer']}"
     sampler = row.get("sampler")
     return name if not isinstance(sampler, str) or sampler == "none" else f"{name} × {sampler}"
 
@@ -154,12 +155,12 @@ def lr_series(ranking: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
     series: dict[str, list[tuple[float, float]]] = {}
     for _, row in ranking.iterrows():
         value = row["val_loss"] if row["status"] == "finished" else math.nan
-        series.setdefault(_group(row), []).append((float(row["learning_rate"]), float(value)))
+        series.setdefault(_group(row), []).append((float(row["lr"]), float(value)))
     return series
 
 
 def _label(row: pd.Series) -> str:
-    return f"{row['model']}/{row['last_layer']}/{row['optimizer']}/{row['learning_rate']:g}"
+    return f"{row['backbone']}/{row['head']}/{row['optimizer']}/{row['lr']:g}"
 
 
 def screen_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
@@ -333,7 +334,7 @@ def render_markdown(report: Report, created: str, image_dir: str = "images") -> 
         lines += [f"## {section.title}", ""]
         if section.text:
             lines += [section.text, ""]
-        lines += [to_markdown(table) + "\n" for table in section.tables]
+        lines += [markdown.frame_table(table) + "\n" for table in section.tables]
         lines += [
             f"![{caption}]({image_dir}/{image_name(section, i)})\n"
             for i, (caption, _) in enumerate(section.images)

@@ -1,6 +1,7 @@
 """The stage tables: the screen's ranking (the 2019 report's top-10 columns) and the full runs'
 final comparison, built from the stage's child runs, saved as CSV and Markdown, logged to the
-parent run and printed.
+parent run and printed. A condition's columns are named as the config names them (backbone,
+head, optimizer, lr, sampler), as are the runs' tags.
 
 Train and validation figures are those of each run's best epoch (lowest val_loss, the checkpoint
 the run keeps and tests), so a row describes one model.
@@ -16,9 +17,11 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import markdown
 from fashion_sweeps.tracking.runs import TrackedRun
 
-CONDITION_COLUMNS = {"backbone": "model", "head": "last_layer", "optimizer": "optimizer"}
+# A condition's parts (the run's tags, config.condition_parts) under the config's own names.
+CONDITION_COLUMNS = ["backbone", "head", "optimizer", "lr", "sampler"]
 STATUS_ORDER = {"finished": 0, "diverged": 1, "failed": 2, "interrupted": 3}
 
 
@@ -42,10 +45,13 @@ def best_epoch_metrics(client: MlflowClient, run: Run, names: Iterable[str]) -> 
 
 def _condition_cells(run: Run) -> dict[str, object]:
     tags = run.data.tags
-    cells: dict[str, object] = {col: tags.get(tag, "") for tag, col in CONDITION_COLUMNS.items()}
-    cells["learning_rate"] = float(tags["lr"]) if tags.get("lr") else math.nan
-    cells["sampler"] = tags.get("sampler", "none")
-    return cells
+    return {
+        "backbone": tags.get("backbone", ""),
+        "head": tags.get("head", ""),
+        "optimizer": tags.get("optimizer", ""),
+        "lr": float(tags["lr"]) if tags.get("lr") else math.nan,
+        "sampler": tags.get("sampler", "none"),
+    }
 
 
 def _ordered(rows: list[dict[str, object]], columns: list[str]) -> pd.DataFrame:
@@ -76,8 +82,8 @@ def ranking_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
                 "status": run.data.tags.get("status", run.info.status.lower()),
             }
         )
-    columns = ["model", "last_layer", "optimizer", "learning_rate", "sampler", "val_loss"]
-    columns += ["train_loss", "val_accuracy", "train_accuracy", "status"]
+    columns = [*CONDITION_COLUMNS, "val_loss", "train_loss", "val_accuracy", "train_accuracy"]
+    columns += ["status"]
     return _ordered(rows, columns)
 
 
@@ -102,23 +108,19 @@ def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
                 "status": run.data.tags.get("status", run.info.status.lower()),
             }
         )
-    columns = ["model", "last_layer", "optimizer", "learning_rate", "sampler", "train_loss"]
-    columns += ["val_loss", "test_loss", "train_accuracy", "val_accuracy", "test_accuracy"]
+    columns = [*CONDITION_COLUMNS, "train_loss", "val_loss", "test_loss", "train_accuracy"]
+    columns += ["val_accuracy", "test_accuracy"]
     columns += ["test_f1_weighted", "best_epoch", "epochs_run", "status"]
     return _ordered(rows, columns)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, floatfmt=".4g")
 
 
 def publish(table: pd.DataFrame, name: str, title: str, parent: TrackedRun, folder: Path) -> str:
     """Write `<name>.csv` and `<name>.md` into the stage's folder and the parent run; return the
     Markdown (title included) for the console."""
-    markdown = f"## {title}\n\n{to_markdown(table)}\n"
+    text = f"## {title}\n\n{markdown.frame_table(table)}\n"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
-    (folder / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.md").write_text(text)
     parent.log_file(folder / f"{name}.csv")
     parent.log_file(folder / f"{name}.md")
-    return markdown
+    return text
