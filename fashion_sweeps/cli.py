@@ -44,9 +44,7 @@ def complete(request: list[str]) -> int:
     Hydra's completion names the executable after `sys.argv[0]` and completes overrides on the
     line after it; here the line also holds the sub-command. So the script is installed for
     `fashion-sweeps` itself, and a query completes the sub-command's name, or hands Hydra the
-    line without it."""
-    from fashion_sweeps.train import main as train_app
-
+    line without it. Only Hydra's part imports the training code (seconds): names are instant."""
     if any(r.startswith("query=") for r in request):
         line = os.environ.get("COMP_LINE", "")
         words = line.split()
@@ -59,6 +57,8 @@ def complete(request: list[str]) -> int:
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (
             " " if line[-1:] == " " else ""
         )
+    from fashion_sweeps.train import main as train_app
+
     sys.argv = [PROG, "--shell-completion", *request]
     train_app()
     return 0

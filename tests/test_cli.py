@@ -72,3 +72,20 @@ def test_completion_answers_through_bash(tmp_path: Path, line: str, expected: st
         ["bash", "-c", bash], capture_output=True, text=True, timeout=600, env=env
     )
     assert expected in result.stdout.split(), result.stdout + result.stderr[-2000:]
+
+
+def test_completing_a_command_name_does_not_load_the_training_code() -> None:
+    """<Tab> after `fashion-sweeps sc` answers at once: torch (seconds to import) stays out."""
+    probe = (
+        "import sys; from fashion_sweeps.cli import complete; complete(['query=bash']); "
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COMP_LINE": "fashion-sweeps sc"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["screen", "torch not loaded"]
