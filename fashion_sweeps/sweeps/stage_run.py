@@ -16,11 +16,9 @@ from omegaconf import DictConfig
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
     artifact_root,
-    check_reachable,
     close_dead_runs,
     ensure_experiment,
-    store_client,
-    tracking_uri,
+    open_store,
 )
 
 log = logging.getLogger(__name__)
@@ -31,11 +29,11 @@ STAGE_KIND = "stage"  # tag `run_kind` of a parent, so that it is never mistaken
 def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str) -> TrackedRun:
     """The stage's parent run, RUNNING: the one an earlier invocation of this stage created, else
     a new one named `<sweep>/<stage>`."""
-    uri = tracking_uri(tracking)
-    check_reachable(uri)
-    client = store_client(uri)
+    client = open_store(tracking)
     close_dead_runs(client)
-    experiment_id = ensure_experiment(client, experiment, artifact_root(tracking, uri))
+    experiment_id = ensure_experiment(
+        client, experiment, artifact_root(tracking, client.tracking_uri)
+    )
     found = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -53,8 +51,7 @@ def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str
         )
         log.info("Stage %s/%s: new MLflow parent run %s", sweep, stage, run.run_id)
         return run
-    run = TrackedRun(client, found[0].info.run_id, experiment_id, uri)
-    client.update_run(run.run_id, status="RUNNING")
+    run = TrackedRun.reopen(client, found[0])
     _close_interrupted_children(run)
     log.info("Stage %s/%s: resuming MLflow parent run %s", sweep, stage, run.run_id)
     return run

@@ -43,7 +43,7 @@ from fashion_sweeps.sweeps.study import (
 )
 from fashion_sweeps.sweeps.study import abandon_leftovers as study_abandon_leftovers
 from fashion_sweeps.tracking.provenance import process_gone
-from fashion_sweeps.tracking.runs import TrackedRun, check_reachable, store_client, tracking_uri
+from fashion_sweeps.tracking.runs import TrackedRun, find_run, open_store
 
 log = logging.getLogger(__name__)
 
@@ -197,20 +197,6 @@ def create_study_if_missing(storage: str, name: str, direction: str) -> bool:
     return True
 
 
-def _reopen(tracking: DictConfig, run_id: str) -> TrackedRun | None:
-    uri = tracking_uri(tracking)
-    check_reachable(uri)
-    client = store_client(uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # deleted, or another tracking store than the study's first worker used
-        return None
-    if run.info.lifecycle_stage == "deleted":
-        return None
-    client.update_run(run_id, status="RUNNING")
-    return TrackedRun(client, run_id, run.info.experiment_id, uri)
-
-
 def shared_stage_run(
     study: optuna.Study,
     created: bool,
@@ -224,9 +210,11 @@ def shared_stage_run(
     while True:
         run_id = study.user_attrs.get(PARENT)
         if run_id:
-            run = _reopen(tracking, run_id)
-            if run is not None:
-                return run
+            client = open_store(tracking)
+            found = find_run(client, run_id)
+            if found is not None:
+                return TrackedRun.reopen(client, found)
+            # Deleted, or another tracking store than the study's first worker used.
             log.warning("The stage's MLflow parent run %s is gone: starting another.", run_id)
             break
         # A study made by another worker a moment ago gets its parent id in a moment.
