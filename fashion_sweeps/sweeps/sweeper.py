@@ -36,7 +36,7 @@ from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.paths import check_name, subfolder
 from fashion_sweeps.progress import stage_progress
-from fashion_sweeps.sweeps import identity, stage_run, tables, workers
+from fashion_sweeps.sweeps import identity, stage_run, tables
 from fashion_sweeps.sweeps.select import top_k
 from fashion_sweeps.sweeps.space import (
     GRID_SAMPLER,
@@ -48,11 +48,15 @@ from fashion_sweeps.sweeps.space import (
     suggest,
 )
 from fashion_sweeps.sweeps.study import (
+    abandon_leftovers,
+    claim,
     done_ids,
     finish_trial,
+    hold,
     load_study,
     n_done,
     open_study,
+    others_active,
     outcome_of,
     sqlite_ready,
     trial_params,
@@ -247,13 +251,10 @@ class StageSweep:
         settings = self._settings()
         space = SearchSpace.parse(self.params, arguments)
         self._choose_sweep(settings, space)
-        # Exactly one of several workers started together creates the study (workers.py).
-        self.created = workers.create_study_if_missing(
-            self.storage, self.study_name, self.direction
-        )
-        study = open_study(self.storage, self.study_name, self.direction)
+        # Exactly one of several workers started together creates the study.
+        study, self.created = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
-        workers.abandon_leftovers(study)  # claims of workers that are gone
+        abandon_leftovers(study)  # claims of workers that are gone
         if settings.stage == "screen":
             identity.record_settings(study, self.result_settings)
         else:
@@ -299,11 +300,8 @@ class StageSweep:
         # The data set name is the default experiment of every run, and of the parent with them.
         experiment = str(self.config.tracking.experiment or self.config.dataset.name)
         # One parent for every worker on this stage: the study holds its id.
-        parent = workers.shared_stage_run(
-            study,
-            self.created,
-            self.config.tracking,
-            lambda: stage_run.open_stage_run(self.config.tracking, experiment, name, stage),
+        parent = stage_run.shared_stage_run(
+            study, self.created, self.config.tracking, experiment, name, stage
         )
         fixed = [
             line
@@ -338,7 +336,7 @@ class StageSweep:
             )
             raise
         self._publish(parent, stage, name, time.perf_counter() - start)
-        busy = workers.others_active(study)
+        busy = others_active(study)
         if busy:  # the last worker to finish ends the parent and publishes the whole table
             log.info("%d condition(s) of this stage are still trained by other workers.", busy)
         else:
@@ -370,9 +368,7 @@ class StageSweep:
                     ) from err
                 job = self._job(params, fixed)
                 job.trial = trial
-                for key, value in (("params", params), ("condition", job.condition)):
-                    trial.set_user_attr(key, value)
-                workers.hold(study, trial)
+                hold(study, trial, params, job.condition)
                 if params_id(params) in done:
                     # Samplers may propose a done point again (small categorical spaces).
                     finish_trial(study, trial, "duplicate", None)
@@ -382,7 +378,7 @@ class StageSweep:
             return jobs
         jobs = [self._job(p, fixed) for p in batch]
         for job in jobs:
-            job.trial = workers.claim(study, job.params, job.condition, self.distributions)
+            job.trial = claim(study, job.params, job.condition, self.distributions)
         # A condition another worker trains, or finished meanwhile, is left to it.
         return [job for job in jobs if job.trial is not None]
 
@@ -458,7 +454,7 @@ class StageSweep:
             done = done_ids(study)
             todo = {
                 params_id(p): p
-                for p in map(trial_params, workers.abandon_leftovers(study))
+                for p in map(trial_params, abandon_leftovers(study))
                 if params_id(p) not in done
             }
             if not todo:
