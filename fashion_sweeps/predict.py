@@ -18,12 +18,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
 from fashion_sweeps.redact import redact
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +114,14 @@ def load_tagging_model(uri: str):
     return model, int(shape[1]), int(size)
 
 
-def model_figures(model) -> str:
+def model_figures(model, client: MlflowClient) -> str:
     """The model's own test accuracy beside its chance level and majority-class accuracy, from
-    the run that logged it ("" when that run cannot be read): a user sees at once whether the
-    model is any better than a guess before trusting its tags."""
-    from mlflow.tracking import MlflowClient
-
+    the run that logged it in the client's store ("" when that run cannot be read): a user sees
+    at once whether the model is any better than a guess before trusting its tags."""
     from fashion_sweeps.evaluation import baseline_text
 
     try:
-        metrics = MlflowClient().get_run(model.metadata.run_id).data.metrics
+        metrics = client.get_run(model.metadata.run_id).data.metrics
     except Exception as err:  # a model file outside any store, a store that forgot the run
         log.info("The model's test figures are not available (%s)", err)
         return ""
@@ -252,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
-    from fashion_sweeps.tracking.store import store_uri
+    from fashion_sweeps.tracking.store import open_tool_store
 
     files, passed_over = find_images(args.paths)
     if passed_over:
@@ -273,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        store_uri(args.tracking_uri)
+        client = open_tool_store(args.tracking_uri)
         model, channels, size = load_tagging_model(args.model)
     except (ModelUnavailableError, TrackingUnavailableError) as err:
         print(f"fashion-sweeps predict: {redact(str(err))}", file=sys.stderr)
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Tagged {summary.images} images in {summary.seconds:.1f}s "
         f"({summary.images_per_second:.1f} images/s): {summary.needs_review} need review "
         f"(top-1 probability < {args.min_confidence}), {summary.unreadable} unreadable. "
-        f"Rows in {args.out}.{model_figures(model)}"
+        f"Rows in {args.out}.{model_figures(model, client)}"
     )
     return 0
 

@@ -28,8 +28,7 @@ from optuna.trial import TrialState
 
 from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.sweeps.storage import open_storage
-from fashion_sweeps.sweeps.study import CONDITION
-from fashion_sweeps.sweeps.workers import WORKER
+from fashion_sweeps.sweeps.study import CONDITION, WORKER
 
 pytestmark = pytest.mark.cluster
 log = logging.getLogger(__name__)

@@ -16,46 +16,59 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from fashion_sweeps.sweeps import workers
 from fashion_sweeps.sweeps.space import SearchSpace, params_id
 from fashion_sweeps.sweeps.storage import open_storage
-from fashion_sweeps.sweeps.study import OUTCOME, PARAMS, finish_trial, open_study
+from fashion_sweeps.sweeps.study import (
+    ALIVE,
+    HOST,
+    OUTCOME,
+    PARAMS,
+    PID,
+    STALE_S,
+    WORKER,
+    abandon_leftovers,
+    claim,
+    finish_trial,
+    open_study,
+    others_active,
+    worker_id,
+)
 
 LRS = ["0.1", "0.03", "0.01", "0.003", "0.001", "0.0003"]
 
 
 def other_workers_claim(study: optuna.Study, params: dict, **who) -> None:
     """A RUNNING trial as another worker process leaves it in the storage."""
-    attrs = {workers.WORKER: "elsewhere-1", workers.HOST: "elsewhere", workers.PID: 1}
-    attrs |= {workers.ALIVE: time.time(), PARAMS: params, **who}
+    attrs = {WORKER: "elsewhere-1", HOST: "elsewhere", PID: 1}
+    attrs |= {ALIVE: time.time(), PARAMS: params, **who}
     template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
     study._storage.create_new_trial(study._study_id, template_trial=template)
 
 
 @pytest.fixture
 def study(tmp_path: Path) -> optuna.Study:
-    return open_study(f"journal:{tmp_path / 'optuna.journal'}", "s/screen", "minimize")
+    return open_study(f"journal:{tmp_path / 'optuna.journal'}", "s/screen", "minimize")[0]
 
 
 def test_a_condition_a_live_worker_holds_is_not_claimed_again(study) -> None:
     other_workers_claim(study, {"optimizer.lr": 0.1})
-    assert workers.claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is None
-    mine = workers.claim(study, {"optimizer.lr": 0.01}, "mlp/fc/adam/0.01")
-    assert mine is not None and mine.user_attrs[workers.WORKER] == workers.worker_id()
-    assert workers.others_active(study) == 1
+    assert claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is None
+    mine = claim(study, {"optimizer.lr": 0.01}, "mlp/fc/adam/0.01")
+    assert mine is not None and mine.user_attrs[WORKER] == worker_id()
+    assert others_active(study) == 1
 
 
 def test_claims_of_gone_workers_are_abandoned_and_trained_again(study) -> None:
-    stale = time.time() - workers.STALE_S - 1
-    other_workers_claim(study, {"optimizer.lr": 0.1}, **{workers.ALIVE: stale})
-    other_workers_claim(study, {"optimizer.lr": 0.01}, **{workers.WORKER: workers.worker_id()})
+    stale = time.time() - STALE_S - 1
+    other_workers_claim(study, {"optimizer.lr": 0.1}, **{ALIVE: stale})
+    other_workers_claim(study, {"optimizer.lr": 0.01}, **{WORKER: worker_id()})
     other_workers_claim(study, {"optimizer.lr": 0.001})  # alive elsewhere
-    assert len(workers.abandon_leftovers(study)) == 2
+    assert len(abandon_leftovers(study)) == 2
     states = {t.user_attrs[PARAMS]["optimizer.lr"]: t for t in study.trials}
     assert states[0.1].user_attrs[OUTCOME] == "abandoned" and states[0.1].state == TrialState.FAIL
     assert states[0.01].user_attrs[OUTCOME] == "abandoned"
     assert states[0.001].state == TrialState.RUNNING
-    assert workers.claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is not None
+    assert claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is not None
 
 
 def test_an_unopenable_storage_url_says_what_works() -> None:
@@ -112,14 +125,14 @@ def test_claims_record_swept_values_as_optuna_params_for_importances(study) -> N
     distributions = space.grid_distributions()
     assert all(isinstance(d, CategoricalDistribution) for d in distributions.values())
     for i, point in enumerate(space.grid()):
-        trial = workers.claim(study, point, params_id(point), distributions)
+        trial = claim(study, point, params_id(point), distributions)
         finish_trial(study, trial, "finished", 1.0 + i * (0.5 if point["head"] == "fc" else 0.1))
     assert all(t.params == t.user_attrs[PARAMS] for t in study.trials)
     assert set(optuna.importance.get_param_importances(study)) == {"head", "optimizer.lr"}
 
     wider = SearchSpace.parse({}, ["head=fc,batchnorm", "optimizer.lr=0.1,0.01,0.001"])
     new = {"head": "fc", "optimizer.lr": 0.001}
-    trial = workers.claim(study, new, params_id(new), wider.grid_distributions())
+    trial = claim(study, new, params_id(new), wider.grid_distributions())
     assert trial is not None
     assert study.trials[-1].params == {"head": "fc"}
     assert study.trials[-1].user_attrs[PARAMS] == new

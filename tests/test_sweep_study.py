@@ -16,27 +16,38 @@ from fashion_sweeps.sweeps.study import (
     abandon_leftovers,
     done_ids,
     finish_trial,
+    hold,
     open_study,
     outcome_of,
-    start_trial,
 )
 
 
 @pytest.fixture
 def study(tmp_path: Path) -> optuna.Study:
-    return open_study(f"sqlite:///{tmp_path / 'deep' / 'optuna.db'}", "s/screen", "minimize")
+    study, created = open_study(
+        f"sqlite:///{tmp_path / 'deep' / 'optuna.db'}", "s/screen", "minimize"
+    )
+    assert created
+    return study
+
+
+def sampled_trial(study: optuna.Study, params: dict, condition: str) -> optuna.trial.Trial:
+    """A trial as the sweeper starts a sampled condition: asked, then held by this worker."""
+    trial = study.ask()
+    hold(study, trial, params, condition)
+    return trial
 
 
 def record(study: optuna.Study, lr: float, outcome: str, value: float | None = None) -> None:
     params = {"backbone": "mlp", "optimizer.lr": lr}
-    finish_trial(study, start_trial(study, params, f"mlp/fc/adam/{lr:g}"), outcome, value)
+    finish_trial(study, sampled_trial(study, params, f"mlp/fc/adam/{lr:g}"), outcome, value)
 
 
 def test_finished_and_diverged_are_done_crashed_and_abandoned_are_not(study):
     record(study, 0.1, "finished", 1.5)
     record(study, 1.0, "diverged")
     record(study, 0.01, "crashed")
-    start_trial(study, {"backbone": "mlp", "optimizer.lr": 0.001}, "left running")
+    sampled_trial(study, {"backbone": "mlp", "optimizer.lr": 0.001}, "left running")
     assert len(abandon_leftovers(study)) == 1
     assert done_ids(study) == {
         params_id({"backbone": "mlp", "optimizer.lr": 0.1}),

@@ -1,7 +1,7 @@
 """How many conditions a study holds before its storage is the bottleneck (docs/scale_out.md).
 
 Each worker process does what a sweep worker does per condition, without training: claim it
-(`workers.claim`: read the study, create a RUNNING trial, check for rivals) and record it
+(`claim`: read the study, create a RUNNING trial, check for rivals) and record it
 finished (`finish_trial`). The study grows as they go; the time of one claim-and-finish is
 reported per block of trials, so its growth with the study's size shows.
 
@@ -27,8 +27,7 @@ from typing import Any
 
 import optuna
 
-from fashion_sweeps.sweeps import workers
-from fashion_sweeps.sweeps.study import finish_trial, open_study
+from fashion_sweeps.sweeps.study import claim, finish_trial, open_study
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,13 @@ def storage_spec(kind: str, folder: Path) -> str:
 def worker(spec: str, study: str, first: int, count: int, deadline: float, out: Any) -> None:
     """Claim and finish conditions first..first+count-1; put (study size, seconds) per trial:
     the trial's number is how many trials the study held when it was claimed."""
-    opened = open_study(spec, study, "minimize")
+    opened, _ = open_study(spec, study, "minimize")
     timings = []
     for i in range(first, first + count):
         if time.time() > deadline:
             break
         start = time.perf_counter()
-        trial = workers.claim(opened, {"x": i}, f"c{i}")
+        trial = claim(opened, {"x": i}, f"c{i}")
         if trial is None:  # disjoint ranges: never claimed by another worker
             continue
         finish_trial(opened, trial, "finished", float(i))
@@ -61,7 +60,7 @@ def worker(spec: str, study: str, first: int, count: int, deadline: float, out: 
 def run(spec: str, n_workers: int, trials: int, seconds: float) -> list[tuple[int, float]]:
     """All workers on one new study; (study size, seconds) of every claim-and-finish."""
     study = f"bench-{uuid.uuid4().hex[:8]}"
-    workers.create_study_if_missing(spec, study, "minimize")
+    open_study(spec, study, "minimize")
     # Spawned, not forked: independent processes, as sweep workers are.
     context = mp.get_context("spawn")
     queue = context.Queue()

@@ -17,7 +17,6 @@ from pathlib import Path
 from fashion_sweeps.config import CONF_DIR, project_dir
 from fashion_sweeps.recipes.catalogue import Recipe, ResultsError, load_recipes, recipe_names
 from fashion_sweeps.recipes.page import PROG, write_page
-from fashion_sweeps.tracking.runs import store_client
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
-    from fashion_sweeps.tracking.store import store_uri
+    from fashion_sweeps.tracking.store import open_tool_store
 
     try:
         recipes = load_recipes()
-        uri = store_uri(args.tracking_uri)  # unreachable: said before anything is trained
+        client = open_tool_store(args.tracking_uri)  # unreachable: said before any training
     except (ResultsError, TrackingUnavailableError, HydraException) as err:
         message = str(err).split("\nConfig search path:")[0].strip()  # the path is noise here
         print(f"{PROG}: {message}", file=sys.stderr)
@@ -170,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = run_recipes(
             recipes, args.run, args.seeds, args.roots, args.tracking_uri, args.overrides
         )
-    _, table = write_page(store_client(uri), args.out, recipes)
+    _, table = write_page(client, args.out, recipes)
     print(table)
     print(f"Wrote {args.out}")
     if failed:

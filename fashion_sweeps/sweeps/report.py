@@ -41,7 +41,7 @@ from fashion_sweeps.tracking.plots import (
     lr_figure,
     png_bytes,
 )
-from fashion_sweeps.tracking.runs import TrackedRun, store_client
+from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)
@@ -403,10 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
-    from fashion_sweeps.tracking.store import store_uri
+    from fashion_sweeps.tracking.store import open_tool_store
 
     try:
-        client = store_client(store_uri(args.tracking_uri))
+        client = open_tool_store(args.tracking_uri)
         args.sweep = args.sweep or latest_sweep(client)
         report, parents = build_report(
             client, args.sweep, None if args.no_register else args.register_as

@@ -1,4 +1,5 @@
-"""The winners of a screen: its top-k conditions by val_loss, the conditions the full stage trains."""
+"""The winners of a screen: its top-k conditions by val_loss, the conditions the full stage trains,
+as screened or fine-tuned (`sweep.full` in conf/sweep/grid.yaml)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from fashion_sweeps.sweeps.space import params_id
-from fashion_sweeps.sweeps.study import CONDITION, trial_params
+from fashion_sweeps.sweeps.jobs import Compose
+from fashion_sweeps.sweeps.space import override_lines, params_id
+from fashion_sweeps.sweeps.study import CONDITION, load_study, sqlite_ready, trial_params
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +49,37 @@ def top_k(screen: optuna.Study, k: int) -> list[Winner]:
             k,
         )
     return winners
+
+
+def full_stage(
+    storage: str, full: DictConfig, fixed: list[str], compose: Compose
+) -> tuple[list[Winner], list[dict[str, Any]]]:
+    """The winners of the screen `full.screen_study` (its `full.top_k`) and the overrides of
+    each one's full run (`full_run_params`)."""
+    screen = load_study(storage, full.screen_study)
+    if screen is None or not screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ValueError(
+            f"No finished screen named {full.screen_study!r} in "
+            f"{sqlite_ready(storage)}: run "
+            "`fashion-sweeps screen` first, with the same `sweep=`, `sweep.name` and data "
+            "set as this full stage."
+        )
+    winners = top_k(screen, int(full.top_k))
+    return winners, [full_run_params(w.params, fixed, full, compose) for w in winners]
+
+
+def full_run_params(
+    params: dict[str, Any], fixed: list[str], full: DictConfig, compose: Compose
+) -> dict[str, Any]:
+    """A winner's overrides for its full run: as screened, or fine-tuned when `full.freeze` is
+    set (false: every block, N: all but the N leading blocks) with its learning rate times
+    `full.lr_scale`."""
+    params = dict(params)
+    freeze = full.get("freeze")
+    if freeze is not None:
+        params["backbone.freeze"] = str(freeze).lower()
+    scale = float(full.get("lr_scale") or 1.0)
+    if scale != 1.0:
+        cfg = compose([*fixed, *override_lines(params)])
+        params["optimizer.lr"] = f"{float(cfg.optimizer.lr) * scale:.6g}"
+    return params

@@ -4,38 +4,75 @@ The parent is created (or, on a resumed sweep, found again) in the sweep's own p
 any job starts; each job gets its id as `tracking.parent_run_id`, so jobs never race to create
 the store, the experiment or the parent, and all conditions of a stage stay under one parent
 however many invocations it took.
+
+Workers on one stage (study.py) share one parent: it is created once, by the worker that created
+the stage's study, and found by the others through the study.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
+import optuna
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
     artifact_root,
-    check_reachable,
     close_dead_runs,
     ensure_experiment,
-    store_client,
-    tracking_uri,
+    find_run,
+    open_store,
 )
 
 log = logging.getLogger(__name__)
 
 STAGE_KIND = "stage"  # tag `run_kind` of a parent, so that it is never mistaken for a child
+PARENT = "mlflow_parent_run_id"  # the study's user attribute naming its stage's parent
+PARENT_WAIT_S = 120.0
+
+
+def shared_stage_run(
+    study: optuna.Study,
+    created: bool,
+    tracking: DictConfig,
+    experiment: str,
+    sweep: str,
+    stage: str,
+) -> TrackedRun:
+    """The stage's parent run, the same for every worker: the one whose id the study holds; else
+    `open_stage_run`'s, by the worker that created the study (others wait for it), and its id
+    stored in the study."""
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        run_id = study.user_attrs.get(PARENT)
+        if run_id:
+            client = open_store(tracking)
+            found = find_run(client, run_id)
+            if found is not None:
+                return TrackedRun.reopen(client, found)
+            # Deleted, or another tracking store than the study's first worker used.
+            log.warning("The stage's MLflow parent run %s is gone: starting another.", run_id)
+            break
+        # A study made by another worker a moment ago gets its parent id in a moment.
+        if created or study.trials or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    run = open_stage_run(tracking, experiment, sweep, stage)
+    study.set_user_attr(PARENT, run.run_id)
+    return run
 
 
 def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str) -> TrackedRun:
     """The stage's parent run, RUNNING: the one an earlier invocation of this stage created, else
     a new one named `<sweep>/<stage>`."""
-    uri = tracking_uri(tracking)
-    check_reachable(uri)
-    client = store_client(uri)
+    client = open_store(tracking)
     close_dead_runs(client)
-    experiment_id = ensure_experiment(client, experiment, artifact_root(tracking, uri))
+    experiment_id = ensure_experiment(
+        client, experiment, artifact_root(tracking, client.tracking_uri)
+    )
     found = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -53,8 +90,7 @@ def open_stage_run(tracking: DictConfig, experiment: str, sweep: str, stage: str
         )
         log.info("Stage %s/%s: new MLflow parent run %s", sweep, stage, run.run_id)
         return run
-    run = TrackedRun(client, found[0].info.run_id, experiment_id, uri)
-    client.update_run(run.run_id, status="RUNNING")
+    run = TrackedRun.reopen(client, found[0])
     _close_interrupted_children(run)
     log.info("Stage %s/%s: resuming MLflow parent run %s", sweep, stage, run.run_id)
     return run

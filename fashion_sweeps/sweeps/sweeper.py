@@ -11,7 +11,7 @@ study already holds (see `study.py` for the outcomes):
 - full: the screen's top-k conditions (`select.py`) not done yet in the full study.
 
 Each job gets its condition as overrides, the stage's MLflow parent run id (created here before
-any job starts), tags, and an output folder named by its condition key.
+any job starts), tags, and an output folder named by its condition key (`jobs.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +30,40 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fashion_sweeps.config import condition_key
 from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
-from fashion_sweeps.paths import check_name, subfolder
+from fashion_sweeps.paths import check_name
 from fashion_sweeps.progress import stage_progress
-from fashion_sweeps.sweeps import identity, stage_run, tables, workers
-from fashion_sweeps.sweeps.select import top_k
+from fashion_sweeps.sweeps import identity, stage_run, tables
+from fashion_sweeps.sweeps.jobs import Job, StageJobs
+from fashion_sweeps.sweeps.select import full_stage
 from fashion_sweeps.sweeps.space import (
     GRID_SAMPLER,
     SearchSpace,
     categorical_space,
-    override_lines,
     params_id,
-    quoted,
     suggest,
 )
 from fashion_sweeps.sweeps.study import (
+    abandon_leftovers,
+    claim,
     done_ids,
     finish_trial,
-    load_study,
+    hold,
     n_done,
     open_study,
+    others_active,
     outcome_of,
     sqlite_ready,
     trial_params,
 )
+from fashion_sweeps.tracking.runs import TrackedRun
 
 log = logging.getLogger(__name__)
-
-# Swept keys that the condition key (`mobilenet_v2/fc/sgd/0.01`) already shows.
-IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
 
 
 class SweepError(CompactHydraException):
     """A stage that cannot run as configured; Hydra prints the message alone."""
-
-
-@dataclass
-class Job:
-    params: dict[str, Any]
-    condition: str  # `mlp/fc/adam/0.01/note=x`: the run name and the tables' key
-    folder: str  # the condition's folder under the stage's, each part a folder name (paths.py)
-    trial: optuna.trial.Trial | None = None
 
 
 class StageSweep:
@@ -152,20 +142,9 @@ class StageSweep:
             **extra,
         )
 
-    def _job(self, params: dict[str, Any], fixed: list[str]) -> Job:
-        """The job's condition key, composed the way its job will be; swept keys the key does
-        not show are appended (`.../backbone.freeze=true`) so that conditions stay distinct. Its
-        folder has one level per part: a swept value is a folder name, never a path."""
-        cfg = self.hydra_context.config_loader.load_sweep_config(
-            self.config, [*fixed, *override_lines(params)]
-        )
-        extras = [
-            f"{key.lstrip('+~')}={value}"
-            for key, value in params.items()
-            if key.lstrip("+~") not in IN_CONDITION_KEY
-        ]
-        parts = [*condition_key(cfg).split("/"), *extras]
-        return Job(params, "/".join(parts), subfolder(parts))
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        """A job's config for these override lines, composed as Hydra will compose the job."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
 
     def _screen_plan(
         self, study: optuna.Study, space: SearchSpace
@@ -190,40 +169,11 @@ class StageSweep:
                 "screen only.",
                 ", ".join(space.distributions),
             )
-        screen = load_study(self.storage, settings.full.screen_study)
-        if screen is None or not screen.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
-        ):
-            raise ValueError(
-                f"No finished screen named {settings.full.screen_study!r} in "
-                f"{sqlite_ready(self.storage)}: run "
-                "`fashion-sweeps screen` first, with the same `sweep=`, `sweep.name` and data "
-                "set as this full stage."
-            )
-        self.winners = top_k(screen, int(settings.full.top_k))
+        self.winners, runs = full_stage(self.storage, settings.full, space.fixed, self._compose)
         done = done_ids(study)
-        runs = [self._full_params(w.params, space.fixed, settings.full) for w in self.winners]
         # The full study's value space: what its winners train (a fine-tuned stage changes lr).
         self.distributions = categorical_space(runs)
         return [p for p in runs if params_id(p) not in done]
-
-    def _full_params(
-        self, params: dict[str, Any], fixed: list[str], full: DictConfig
-    ) -> dict[str, Any]:
-        """A winner's overrides for its full run: as screened, or fine-tuned when
-        `sweep.full.freeze` is set (false: every block, N: all but the N leading blocks) with
-        its learning rate times `sweep.full.lr_scale`."""
-        params = dict(params)
-        freeze = full.get("freeze")
-        if freeze is not None:
-            params["backbone.freeze"] = str(freeze).lower()
-        scale = float(full.get("lr_scale") or 1.0)
-        if scale != 1.0:
-            cfg = self.hydra_context.config_loader.load_sweep_config(
-                self.config, [*fixed, *override_lines(params)]
-            )
-            params["optimizer.lr"] = f"{float(cfg.optimizer.lr) * scale:.6g}"
-        return params
 
     # -- running ----------------------------------------------------------------------------
 
@@ -247,13 +197,10 @@ class StageSweep:
         settings = self._settings()
         space = SearchSpace.parse(self.params, arguments)
         self._choose_sweep(settings, space)
-        # Exactly one of several workers started together creates the study (workers.py).
-        self.created = workers.create_study_if_missing(
-            self.storage, self.study_name, self.direction
-        )
-        study = open_study(self.storage, self.study_name, self.direction)
+        # Exactly one of several workers started together creates the study.
+        study, self.created = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
-        workers.abandon_leftovers(study)  # claims of workers that are gone
+        abandon_leftovers(study)  # claims of workers that are gone
         if settings.stage == "screen":
             identity.record_settings(study, self.result_settings)
         else:
@@ -299,28 +246,16 @@ class StageSweep:
         # The data set name is the default experiment of every run, and of the parent with them.
         experiment = str(self.config.tracking.experiment or self.config.dataset.name)
         # One parent for every worker on this stage: the study holds its id.
-        parent = workers.shared_stage_run(
-            study,
-            self.created,
-            self.config.tracking,
-            lambda: stage_run.open_stage_run(self.config.tracking, experiment, name, stage),
+        parent = stage_run.shared_stage_run(
+            study, self.created, self.config.tracking, experiment, name, stage
         )
-        fixed = [
-            line
-            for line in space.fixed
-            if line.lstrip("+~").split("=", 1)[0] not in ("sweep.stage", "sweep.name")
-        ]
-        fixed += [f"sweep.stage={stage}", f"sweep.name={quoted(name)}"]
-        common = [
-            f"tracking.parent_run_id={quoted(parent.run_id)}",
-            f"tracking.experiment={quoted(experiment)}",
-            f"++tracking.tags.sweep={quoted(name)}",
-            f"++tracking.tags.stage={stage}",
-        ]
+        stage_jobs = StageJobs.of(
+            self._compose, space.fixed, stage, name, experiment, parent.run_id
+        )
         start = time.perf_counter()
         try:
-            crashed = self._run(study, space, todo, fixed, common)
-            crashed += self._train_abandoned(study, space, fixed, common)
+            crashed = self._run(study, space, todo, stage_jobs)
+            crashed += self._train_abandoned(study, space, stage_jobs)
         except Exception:
             # Too many crashes (or a condition that does not compose): keep what is done visible.
             with contextlib.suppress(Exception):
@@ -338,8 +273,14 @@ class StageSweep:
             )
             raise
         self._publish(parent, stage, name, time.perf_counter() - start)
-        busy = workers.others_active(study)
-        if busy:  # the last worker to finish ends the parent and publishes the whole table
+        self._close(parent, study, crashed)
+
+    @staticmethod
+    def _close(parent: TrackedRun, study: optuna.Study, crashed: int) -> None:
+        """End the parent as finished, or failed when conditions crashed; left RUNNING while
+        other workers train: the last worker to finish ends it and publishes the whole table."""
+        busy = others_active(study)
+        if busy:
             log.info("%d condition(s) of this stage are still trained by other workers.", busy)
         else:
             parent.set_tags({"status": "failed" if crashed else "finished"})
@@ -352,7 +293,7 @@ class StageSweep:
             )
 
     def _jobs(
-        self, study: optuna.Study, space: SearchSpace, batch: list | int, fixed: list[str]
+        self, study: optuna.Study, space: SearchSpace, batch: list | int, stage_jobs: StageJobs
     ) -> list[Job]:
         if isinstance(batch, int):  # sampled: the sampler proposes each condition
             jobs = []
@@ -368,11 +309,9 @@ class StageSweep:
                         f"started with ({err}). Keep it, or start a new study with another "
                         "`sweep.name`."
                     ) from err
-                job = self._job(params, fixed)
+                job = stage_jobs.job(params)
                 job.trial = trial
-                for key, value in (("params", params), ("condition", job.condition)):
-                    trial.set_user_attr(key, value)
-                workers.hold(study, trial)
+                hold(study, trial, params, job.condition)
                 if params_id(params) in done:
                     # Samplers may propose a done point again (small categorical spaces).
                     finish_trial(study, trial, "duplicate", None)
@@ -380,9 +319,9 @@ class StageSweep:
                     continue
                 jobs.append(job)
             return jobs
-        jobs = [self._job(p, fixed) for p in batch]
+        jobs = [stage_jobs.job(p) for p in batch]
         for job in jobs:
-            job.trial = workers.claim(study, job.params, job.condition, self.distributions)
+            job.trial = claim(study, job.params, job.condition, self.distributions)
         # A condition another worker trains, or finished meanwhile, is left to it.
         return [job for job in jobs if job.trial is not None]
 
@@ -391,8 +330,7 @@ class StageSweep:
         study: optuna.Study,
         space: SearchSpace,
         todo: list | int,
-        fixed: list[str],
-        common: list[str],
+        stage_jobs: StageJobs,
     ) -> int:
         """Launch the jobs in batches of `n_jobs`; record each outcome; return how many crashed."""
         total = todo if isinstance(todo, int) else len(todo)
@@ -402,22 +340,13 @@ class StageSweep:
             size = min(self.n_jobs, total - planned)
             batch = size if isinstance(todo, int) else todo[planned : planned + size]
             planned += size
-            jobs = self._jobs(study, space, batch, fixed)
+            jobs = self._jobs(study, space, batch, stage_jobs)
             if not jobs:
                 continue
             conditions = [job.condition for job in jobs]
             log.info(stage_progress(launched, total, conditions, seconds))
             began = time.perf_counter()
-            overrides = [
-                [
-                    *(line for line in fixed if line.split("=", 1)[0] not in job.params),
-                    *override_lines(job.params),
-                    *common,
-                    f"tracking.run_name={quoted(job.condition)}",
-                    f"hydra.sweep.subdir={quoted(job.folder)}",
-                ]
-                for job in jobs
-            ]
+            overrides = [stage_jobs.overrides(job) for job in jobs]
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:
@@ -448,7 +377,7 @@ class StageSweep:
         return crashed
 
     def _train_abandoned(
-        self, study: optuna.Study, space: SearchSpace, fixed: list[str], common: list[str]
+        self, study: optuna.Study, space: SearchSpace, stage_jobs: StageJobs
     ) -> int:
         """Train the conditions of workers that died while this one worked: it passed them over
         while they were held, and no one else would train them before the stage is closed as
@@ -458,12 +387,12 @@ class StageSweep:
             done = done_ids(study)
             todo = {
                 params_id(p): p
-                for p in map(trial_params, workers.abandon_leftovers(study))
+                for p in map(trial_params, abandon_leftovers(study))
                 if params_id(p) not in done
             }
             if not todo:
                 return crashed
-            crashed += self._run(study, space, list(todo.values()), fixed, common)
+            crashed += self._run(study, space, list(todo.values()), stage_jobs)
 
     @staticmethod
     def _outcome(ret: JobReturn) -> tuple[str, float | None]:
@@ -482,20 +411,7 @@ class StageSweep:
         else:
             log.error("[%d/%d] %s: crashed: %s", n, total, job.condition, ret._return_value)
 
-    def _publish(self, parent: Any, stage: str, name: str, seconds: float) -> None:
-        runs = stage_run.latest_per_condition(stage_run.children(parent))
+    def _publish(self, parent: TrackedRun, stage: str, name: str, seconds: float) -> None:
+        winners = [w.condition for w in self.winners]
         folder = Path(str(self.config.hydra.sweep.dir))
-        if stage == "screen":
-            table = tables.ranking_table(parent.client, runs.values())
-            title = f"Screen ranking: sweep {name} (best epoch of each condition)"
-            markdown = tables.publish(table, "ranking", title, parent, folder)
-        else:
-            wanted = {w.condition for w in self.winners}
-            chosen = [run for key, run in runs.items() if key in wanted]
-            table = tables.comparison_table(parent.client, chosen)
-            title = f"Full runs: sweep {name}, top {len(self.winners)} of the screen"
-            markdown = tables.publish(table, "comparison", title, parent, folder)
-        counts = table["status"].value_counts().to_dict() if len(table) else {}
-        parent.set_tags({"conditions": len(table), **{f"n_{k}": v for k, v in counts.items()}})
-        parent.log_metrics({"last_invocation_s": seconds})
-        print(f"\n{markdown}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)
+        tables.publish_stage(parent, stage, name, winners, folder, seconds)

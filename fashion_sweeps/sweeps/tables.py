@@ -18,6 +18,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
+from fashion_sweeps.sweeps.stage_run import children, latest_per_condition
 from fashion_sweeps.tracking.runs import TrackedRun
 
 # A condition's parts (the run's tags, config.condition_parts) under the config's own names.
@@ -124,3 +125,26 @@ def publish(table: pd.DataFrame, name: str, title: str, parent: TrackedRun, fold
     parent.log_file(folder / f"{name}.csv")
     parent.log_file(folder / f"{name}.md")
     return text
+
+
+def publish_stage(
+    parent: TrackedRun, stage: str, name: str, winners: list[str], folder: Path, seconds: float
+) -> None:
+    """The stage's table from the latest run of each condition: the screen's ranking, or the
+    comparison of the full runs of the `winners` (their conditions). Published (`publish`) and
+    printed; its counts by status become the parent's tags."""
+    runs = latest_per_condition(children(parent))
+    if stage == "screen":
+        table = ranking_table(parent.client, runs.values())
+        title = f"Screen ranking: sweep {name} (best epoch of each condition)"
+        text = publish(table, "ranking", title, parent, folder)
+    else:
+        wanted = set(winners)
+        chosen = [run for key, run in runs.items() if key in wanted]
+        table = comparison_table(parent.client, chosen)
+        title = f"Full runs: sweep {name}, top {len(winners)} of the screen"
+        text = publish(table, "comparison", title, parent, folder)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    parent.set_tags({"conditions": len(table), **{f"n_{k}": v for k, v in counts.items()}})
+    parent.log_metrics({"last_invocation_s": seconds})
+    print(f"\n{text}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)

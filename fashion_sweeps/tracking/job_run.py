@@ -31,10 +31,9 @@ from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settin
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
-    check_reachable,
     config_params,
-    config_yaml,
-    store_client,
+    find_run,
+    open_store,
     tracking_uri,
 )
 
@@ -140,16 +139,8 @@ class ContinuedRun(RecordedRun):
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         new = self._new_params(params)
-        if new:
-            super().log_params(new)
+        super().log_params(new)
         self.logged.update(new)
-
-    def log_config(self, cfg: DictConfig) -> None:
-        items = list(self._new_params(config_params(cfg)).items())
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            super().log_params(dict(items[i : i + 100]))
-        self.logged.update(items)
-        self.log_text(config_yaml(cfg), "config.yaml")
 
 
 class SilentRun(TrackedRun):
@@ -260,25 +251,16 @@ def _continue(
             redact(uri),
         )
         return None
-    check_reachable(uri)
-    client = store_client(uri)
-    try:
-        previous = client.get_run(record["run_id"])
-    except Exception:  # deleted, or a store that never had it
+    client = open_store(cfg.tracking)
+    previous = find_run(client, record["run_id"])
+    if previous is None:
         log.warning(
             "MLflow run %s of %s is gone: starting a new one.", record["run_id"], output_dir
         )
         return None
-    if previous.info.lifecycle_stage == "deleted":
-        return None
-    run = ContinuedRun(client, previous.info.run_id, previous.info.experiment_id, uri)
-    run.logged = dict(previous.data.params)
-    run.steps = {
-        key: {m.step for m in client.get_metric_history(run.run_id, key)}
-        for key in previous.data.metrics
-    }
+    run_id = previous.info.run_id
     if "failure_reason" in previous.data.tags:
-        client.delete_tag(run.run_id, "failure_reason")
+        client.delete_tag(run_id, "failure_reason")
     attempt = int(previous.data.tags.get("attempt", "1")) + 1
     for key, value in {
         **recipe_tags(cfg),
@@ -287,9 +269,15 @@ def _continue(
         "status": "running",
         "attempt": str(attempt),
     }.items():
-        client.set_tag(run.run_id, key, redact(str(value)))
+        client.set_tag(run_id, key, redact(str(value)))
     # RUNNING after the new pid is tagged: a RUNNING run naming a dead pid gets closed (runs.py).
-    client.update_run(run.run_id, status="RUNNING")
+    # Tagged through the client: `set_tags` would save a record the run does not have yet.
+    run = ContinuedRun.reopen(client, previous)
+    run.logged = dict(previous.data.params)
+    run.steps = {
+        key: {m.step for m in client.get_metric_history(run_id, key)}
+        for key in previous.data.metrics
+    }
     return run
 
 

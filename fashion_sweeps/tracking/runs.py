@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow.entities import DatasetInput, Metric, Param, RunStatus
+from mlflow.entities import DatasetInput, Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -119,6 +119,24 @@ def check_reachable(uri: str) -> None:
                 "permissions, or choose another with `tracking.uri=`."
             )
         ) from None  # the cause's message holds the URI's credentials
+
+
+def open_store(tracking: DictConfig) -> MlflowClient:
+    """The client of the store `tracking` names (`tracking_uri`; the client's `tracking_uri` is
+    the resolved URI), once it is known to answer (`check_reachable`)."""
+    uri = tracking_uri(tracking)
+    check_reachable(uri)
+    return store_client(uri)
+
+
+def find_run(client: MlflowClient, run_id: str) -> Run | None:
+    """The run `run_id` of the client's store; None when it is gone (deleted, or a store that
+    never had it)."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # deleted for good, or a store that never had it
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -241,9 +259,8 @@ class TrackedRun:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> TrackedRun:
-        uri = tracking_uri(cfg)
-        check_reachable(uri)
-        client = store_client(uri)
+        client = open_store(cfg)
+        uri = client.tracking_uri
         close_dead_runs(client)
         experiment_id = ensure_experiment(client, experiment, artifact_root(cfg, uri))
         all_tags = dict(tags or {})
@@ -254,17 +271,23 @@ class TrackedRun:
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, uri)
         return cls(client, run.info.run_id, experiment_id, uri)
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run: Run) -> TrackedRun:
+        """`run` (see `find_run`), RUNNING again: a stage or a job that a later invocation goes
+        on with. A RUNNING run naming a dead process gets closed (`close_dead_runs`): tag this
+        process first."""
+        client.update_run(run.info.run_id, status="RUNNING")
+        return cls(client, run.info.run_id, run.info.experiment_id, client.tracking_uri)
+
     def log_config(self, cfg: DictConfig) -> None:
         """Every resolved value as a param (flattened keys), and the whole config as YAML."""
-        params = [Param(k, v) for k, v in config_params(cfg).items()]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.client.log_text(self.run_id, config_yaml(cfg), "config.yaml")
+        self.log_params(config_params(cfg))
+        self.log_text(config_yaml(cfg), "config.yaml")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(
-            self.run_id, params=[Param(k, redact(str(v))) for k, v in params.items()]
-        )
+        batch = [Param(k, redact(str(v))) for k, v in params.items()]
+        for i in range(0, len(batch), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=batch[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -12,21 +12,21 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from fashion_sweeps.config import CONF_DIR
-from fashion_sweeps.tracking.runs import check_reachable, tracking_uri
+from fashion_sweeps.tracking.runs import open_store
 
 
-def store_uri(uri: str | None = None) -> str:
-    """`uri` when given, else what `conf/tracking/mlflow.yaml` resolves to (by default
-    `$MLFLOW_TRACKING_URI`, else `mlruns/mlflow.db`); checked reachable, and made MLflow's
-    global tracking and registry URI for the fluent APIs (`mlflow.pyfunc.load_model`)."""
+def open_tool_store(uri: str | None = None) -> MlflowClient:
+    """The client of the store at `uri` when given, else of what `conf/tracking/mlflow.yaml`
+    resolves to (by default `$MLFLOW_TRACKING_URI`, else `mlruns/mlflow.db`); checked reachable,
+    and made MLflow's global tracking and registry URI for the fluent APIs
+    (`mlflow.pyfunc.load_model`)."""
     cfg = OmegaConf.load(CONF_DIR / "tracking" / "mlflow.yaml")
     if uri:
         cfg.uri = uri
-    resolved = tracking_uri(cfg)
-    check_reachable(resolved)
-    mlflow.set_tracking_uri(resolved)
-    mlflow.set_registry_uri(resolved)
-    return resolved
+    client = open_store(cfg)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    return client
 
 
 def search_every_experiment(
