@@ -27,13 +27,6 @@ from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import FashionDataModule, check_readable
 from fashion_sweeps.data.sampling import SamplerError, sampling_summary
 from fashion_sweeps.data.sources import DataError
-from fashion_sweeps.distributed import (
-    check_relaunch_possible,
-    fit_threads_to_allocation,
-    is_rank_zero,
-    mark_data_ready,
-    wait_for_rank_zero_data,
-)
 from fashion_sweeps.evaluation import (
     baseline_text,
     baselines,
@@ -57,8 +50,15 @@ from fashion_sweeps.tracking.runs import (
     TrackingUnavailableError,
     lost_store,
 )
-from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trainer_options
-from fashion_sweeps.trial_clock import TrialClock
+from fashion_sweeps.trainer.build import TrainerConfigError, build_trainer, check_trainer_options
+from fashion_sweeps.trainer.clock import TrialClock
+from fashion_sweeps.trainer.distributed import (
+    check_relaunch_possible,
+    fit_threads_to_allocation,
+    is_rank_zero,
+    mark_data_ready,
+    wait_for_rank_zero_data,
+)
 
 log = logging.getLogger(__name__)
 # `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.

@@ -25,7 +25,6 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
-from fashion_sweeps.distributed import is_rank_zero
 from fashion_sweeps.redact import redact
 from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
@@ -37,6 +36,7 @@ from fashion_sweeps.tracking.runs import (
     store_client,
     tracking_uri,
 )
+from fashion_sweeps.trainer.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
