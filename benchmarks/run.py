@@ -1,5 +1,6 @@
-"""`fashion-sweeps bench [--images N] [--image-size PX] ...`: run the four benches side by side on
-the same data and write bench/results.json and bench/results.md (also printed).
+"""`make bench ARGS="--images N --image-size PX ..."` (`python -m benchmarks.run ...`): run the four
+benches side by side on the same data and write benchmarks/results.json and results.md (also
+printed).
 
 Results are written after every bench, so an interrupted or failed bench keeps what it measured.
 """
@@ -19,22 +20,23 @@ from typing import Any
 
 import torch
 
-from fashion_sweeps.bench import report
-from fashion_sweeps.bench.finetune import finetune_bench
-from fashion_sweeps.bench.loading import loading_bench
-from fashion_sweeps.bench.profile import profile_trial
-from fashion_sweeps.bench.screen import ScreenSettings, screen_bench
-from fashion_sweeps.bench.workspace import bench_cfg, bench_data
-from fashion_sweeps.config import project_dir
+from benchmarks import report
+from benchmarks.finetune import finetune_bench
+from benchmarks.loading import loading_bench
+from benchmarks.profile import profile_trial
+from benchmarks.screen import ScreenSettings, screen_bench
+from benchmarks.workspace import bench_cfg, bench_data
 
 log = logging.getLogger(__name__)
 
 BENCHES = ("data", "finetune", "screen")
+# Results are written beside the benchmarks' code (results.json, results.md; git ignores them).
+BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="fashion-sweeps bench",
+        prog="python -m benchmarks.run",
         description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
         "side by side (see README, `make bench`).",
     )
@@ -51,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
     )
-    parser.add_argument("--out", type=Path, default=project_dir() / "bench", help="results folder")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
     )
