@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from fashion_sweeps import interrupts
+from fashion_sweeps import interrupts, run_folder
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import FashionDataModule, check_readable
@@ -135,10 +135,10 @@ def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostEr
     out = output_dir(cfg)
     return TrackingLostError(
         f"The MLflow tracking store {run.uri} stopped answering during the run ({why}). What "
-        f"was trained is kept: the last checkpoint is in {out / 'checkpoints'} and MLflow run "
-        f"{run.run_id} keeps what was logged. Once the store answers again, run the same "
-        f"command with hydra.run.dir={out} to train on from that checkpoint in the same MLflow "
-        "run."
+        f"was trained is kept: the last checkpoint is in {run_folder.checkpoints(out)} and "
+        f"MLflow run {run.run_id} keeps what was logged. Once the store answers again, run the "
+        f"same command with hydra.run.dir={out} to train on from that checkpoint in the same "
+        "MLflow run."
     )
 
 
@@ -214,7 +214,7 @@ def _fit_and_test(
     check_relaunch_possible(trainer)
     if is_knn(cfg.head):
         # Nothing to optimise (models/knn.py): store the training features, validate once.
-        best_path = out / "checkpoints" / "knn.ckpt"
+        best_path = run_folder.knn_checkpoint(out)
         best_val_loss, best_epoch = fit_knn(trainer, module, data, best_path), 0
     else:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
@@ -232,7 +232,7 @@ def _fit_and_test(
 
         best_path = checkpoint.best_model_path
         best_val_loss = float(checkpoint.best_model_score)
-        best_epoch = _epoch_of(best_path)
+        best_epoch = run_folder.epoch_of(best_path)
     # The test metrics are logged once, below, beside the evaluation's: Lightning's logger would
     # log them a second time (float32, at the last step).
     trainer.loggers = []
@@ -245,7 +245,7 @@ def _fit_and_test(
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }
     evaluation = evaluate(predictions, recall_below=cfg.tail_recall)
-    log_evaluation(run, evaluation, out / "evaluation")
+    log_evaluation(run, evaluation, run_folder.evaluation(out))
     (log.warning if len(evaluation.tail) else log.info)(tail_summary(evaluation))
     test_metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     train_targets = prepared.targets[prepared.indices("train")]
@@ -279,13 +279,6 @@ def _fit_and_test(
         test_metrics.get("test_f1_weighted", math.nan),
     )
     return best_val_loss
-
-
-def _epoch_of(checkpoint_path: str) -> int:
-    """The epoch of a `best-epoch=N.ckpt` file, counted from 1 like `epochs_run` (Lightning's N
-    counts from 0): `best_epoch` 3 of `epochs_run` 5 is the third epoch. 0: none (kNN)."""
-    stem = Path(checkpoint_path).stem
-    return int(stem.split("epoch=")[-1].split("-")[0]) + 1 if "epoch=" in stem else 0
 
 
 # Errors whose message says what is wrong and what to do: a single run prints just that.
