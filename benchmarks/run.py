@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,31 +71,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def settings(args: argparse.Namespace, work: Path, data: str, available: int) -> dict[str, Any]:
+    """What the results were measured on: data, sizes, grid, machine and its load."""
+    return {
+        "data": data,
+        "images": args.images,
+        "available_images": available,
+        "image_size": args.image_size,
+        "backbone": args.backbone,
+        "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
+        "epochs": args.epochs,
+        "finetune_backbone": args.finetune_backbone,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "workdir": str(work),
+        # Other processes' load makes every figure noisy: recorded to judge the run by.
+        "load_average_before": os.getloadavg(),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fashion-sweeps-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     root, described, available = bench_data(work / "data", args.images, args.synthetic)
-    results: dict[str, Any] = {
-        "settings": {
-            "data": described,
-            "images": args.images,
-            "available_images": available,
-            "image_size": args.image_size,
-            "backbone": args.backbone,
-            "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
-            "epochs": args.epochs,
-            "finetune_backbone": args.finetune_backbone,
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "when": datetime.now().isoformat(timespec="seconds"),
-            "workdir": str(work),
-            # Other processes' load makes every figure noisy: recorded to judge the run by.
-            "load_average_before": os.getloadavg(),
-        }
-    }
-    only = args.only.split(",")
-    size = f"dataset.image_size={args.image_size}"
+    results: dict[str, Any] = {"settings": settings(args, work, described, available)}
 
     def save() -> None:
         results["total_s"] = time.perf_counter() - start
@@ -102,24 +104,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report.write(results, args.out)
 
     try:
-        if "data" in only:
-            log.info("Bench 2: data loading")
-            results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
-            save()
-        if "finetune" in only:
-            log.info("Bench 3: fine-tuning, framework vs bare loop")
-            tune = [
-                f"backbone={args.finetune_backbone}",
-                "backbone.freeze=false",
-                "trainer.max_epochs=1",
-            ]
-            results["finetune"] = finetune_bench(
-                lambda name: bench_cfg(root, work, name, size, *tune), args.repeats
-            )
-            save()
-        if "screen" in only:
-            log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
-            settings = ScreenSettings(
+        run_benches(args, root, work, results, save)
+    finally:
+        save()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def run_benches(
+    args: argparse.Namespace,
+    root: Path,
+    work: Path,
+    results: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """The benches `--only` names, into `results`, saved after each."""
+    only = args.only.split(",")
+    size = f"dataset.image_size={args.image_size}"
+    if "data" in only:
+        log.info("Bench 2: data loading")
+        results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
+        save()
+    if "finetune" in only:
+        log.info("Bench 3: fine-tuning, framework vs bare loop")
+        tune = [
+            f"backbone={args.finetune_backbone}",
+            "backbone.freeze=false",
+            "trainer.max_epochs=1",
+        ]
+        results["finetune"] = finetune_bench(
+            lambda name: bench_cfg(root, work, name, size, *tune), args.repeats
+        )
+        save()
+    if "screen" in only:
+        log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
+        results["screen"] = screen_bench(
+            ScreenSettings(
                 root,
                 work,
                 args.image_size,
@@ -129,20 +150,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.optimizers,
                 args.lrs,
             )
-            results["screen"] = screen_bench(settings)
-            save()
-            # The features are stored by now: this is a cached trial as the screen ran them.
-            frozen = [
-                f"backbone={args.backbone}",
-                "backbone.freeze=true",
-                f"trainer.max_epochs={args.epochs}",
-            ]
-            results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
-    finally:
+        )
         save()
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return results
+        # The features are stored by now: this is a cached trial as the screen ran them.
+        frozen = [
+            f"backbone={args.backbone}",
+            "backbone.freeze=true",
+            f"trainer.max_epochs={args.epochs}",
+        ]
+        results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
 
 
 def main(argv: list[str] | None = None) -> int:
