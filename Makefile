@@ -69,8 +69,8 @@ sweep:  ## screen, then full runs of its winners (default: clothing_screen, ROOT
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)
 
-bench:  ## speed figures side by side -> bench/results.json + .md (sizes: ARGS="--images 300")
-	$(FS) bench $(ARGS)
+bench:  ## speed figures side by side -> benchmarks/results.json + .md (sizes: ARGS="--images 300")
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
 report:  ## the HTML/Markdown report of a sweep (SWEEP=name, default the latest) + champion model
 	$(FS) report $(SWEEP) $(ARGS)

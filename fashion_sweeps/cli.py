@@ -28,7 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fashion_sweeps.models.export:main",
         "a run's backbone as a file for backbone.weights_path",
     ),
-    "bench": ("fashion_sweeps.bench.run:main", "the speed benchmark (`make bench`; --help)"),
 }
 
 

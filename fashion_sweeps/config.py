@@ -18,9 +18,9 @@ CONF_DIR = CHECKOUT_DIR / "conf" if CHECKOUT_DIR else PACKAGE_DIR / "conf"
 
 
 def project_dir() -> Path:
-    """Where a tool writes its default outputs (docs/results.md, bench/): the checkout it runs
-    from, wherever the shell is; for an installed package, the current folder (never the
-    install folder)."""
+    """Where a tool writes its default outputs (docs/results.md): the checkout it runs from,
+    wherever the shell is; for an installed package, the current folder (never the install
+    folder)."""
     return CHECKOUT_DIR or Path.cwd()
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -19,21 +20,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from fashion_sweeps import interrupts
+from fashion_sweeps import interrupts, run_folder
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
 from fashion_sweeps.data.augment import AugmentError
-from fashion_sweeps.data.datamodule import FashionDataModule, check_readable
+from fashion_sweeps.data.datamodule import (
+    FashionDataModule,
+    check_loader_options,
+    check_readable,
+    train_augmentation,
+)
 from fashion_sweeps.data.sampling import SamplerError, sampling_summary
 from fashion_sweeps.data.sources import DataError
-from fashion_sweeps.distributed import (
-    check_relaunch_possible,
-    fit_threads_to_allocation,
-    is_rank_zero,
-    mark_data_ready,
-    wait_for_rank_zero_data,
-)
 from fashion_sweeps.evaluation import (
     baseline_text,
     baselines,
@@ -57,8 +56,15 @@ from fashion_sweeps.tracking.runs import (
     TrackingUnavailableError,
     lost_store,
 )
-from fashion_sweeps.trainer import TrainerConfigError, build_trainer, check_trainer_options
-from fashion_sweeps.trial_clock import TrialClock
+from fashion_sweeps.trainer.build import TrainerConfigError, build_trainer, check_trainer_options
+from fashion_sweeps.trainer.clock import TrialClock
+from fashion_sweeps.trainer.distributed import (
+    check_relaunch_possible,
+    fit_threads_to_allocation,
+    is_rank_zero,
+    mark_data_ready,
+    wait_for_rank_zero_data,
+)
 
 log = logging.getLogger(__name__)
 # `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.
@@ -84,8 +90,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     fit_threads_to_allocation()
     pl.seed_everything(cfg.seed, workers=True)
     # Config errors, before any run is opened or data read.
+    check_loader_options(cfg.dataset)
     check_knn_config(cfg)
-    FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation()
+    train_augmentation(cfg.dataset)
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
     check_optimizer(cfg.optimizer)
@@ -135,10 +142,10 @@ def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostEr
     out = output_dir(cfg)
     return TrackingLostError(
         f"The MLflow tracking store {run.uri} stopped answering during the run ({why}). What "
-        f"was trained is kept: the last checkpoint is in {out / 'checkpoints'} and MLflow run "
-        f"{run.run_id} keeps what was logged. Once the store answers again, run the same "
-        f"command with hydra.run.dir={out} to train on from that checkpoint in the same MLflow "
-        "run."
+        f"was trained is kept: the last checkpoint is in {run_folder.checkpoints(out)} and "
+        f"MLflow run {run.run_id} keeps what was logged. Once the store answers again, run the "
+        f"same command with hydra.run.dir={out} to train on from that checkpoint in the same "
+        "MLflow run."
     )
 
 
@@ -149,11 +156,30 @@ def _fit_and_test(
     callbacks: list[Callback] | None = None,
     resume_from: Path | None = None,
 ) -> float:
+    """Data, model and trainer of the run; fit; test the best checkpoint. Returns the objective."""
     run.log_config(cfg)
-    cache = cfg.get("cache") or {}
+    out = output_dir(cfg)
     data = FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed, image_cache_dir(cfg))
-    wait_for_rank_zero_data(output_dir(cfg))  # DDP ranks > 0 read the caches rank 0 builds
+    wait_for_rank_zero_data(out)  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
+    _log_data(cfg, run, data)
+    module = _module(cfg, run, data)
+    mark_data_ready(out)
+    clock = TrialClock(start)  # overhead around the training steps, logged by _test
+    trainer, checkpoint = build_trainer(
+        cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
+    )
+    check_relaunch_possible(trainer)
+    best = _fit(cfg, run, trainer, checkpoint, module, data, resume_from, start)
+    if best is None:  # diverged: recorded as failed
+        return math.nan
+    _test(cfg, run, trainer, module, data, best, clock, start)
+    return best.val_loss
+
+
+def _log_data(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> None:
+    """The prepared data's facts: class counts per split, skipped items, label map, the splits as
+    MLflow inputs, and what the sampler made of the training split."""
     prepared = data.data
     counts = prepared.counts()
     run.log_json(counts, "data/class_counts.json")
@@ -185,18 +211,22 @@ def _fit_and_test(
         }
     )
 
-    model = classifier_for(cfg, prepared)
+
+def _module(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> ClassifierModule:
+    """The LightningModule of the run's classifier; with a frozen backbone, on its cached
+    features (models/features.py), whose use the run records."""
+    model = classifier_for(cfg, data.data)
     if cfg.trainer.get("channels_last"):
         # NHWC weights: oneDNN's CPU convolutions (and cuDNN's with mixed precision) run faster;
         # 1.5x for the Fashion-MNIST CNN on 2 cores. Convolutions follow their weights' layout.
         # Before Lightning wraps the model (DDP keeps views of the parameters as they are then).
         model.to(memory_format=torch.channels_last)
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
-    # A frozen backbone's features computed once and reused (models/features.py).
+    cache = cfg.get("cache") or {}
     features = apply_feature_cache(cache.get("features", False), cache.get("dir"), model, data)
-    run.set_tags({"image_cache": prepared.image_cache, "feature_cache": features.status})
-    run.log_metrics({"image_cache_s": prepared.seconds, "feature_cache_s": features.seconds})
-    module = ClassifierModule(
+    run.set_tags({"image_cache": data.data.image_cache, "feature_cache": features.status})
+    run.log_metrics({"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds})
+    return ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),
         scheduler=scheduler,
@@ -205,47 +235,74 @@ def _fit_and_test(
         on_features=features.active,
         augment=data.train_augmentation(),
     )
-    out = output_dir(cfg)
-    mark_data_ready(out)
-    clock = TrialClock(start)  # overhead around the training steps, logged below
-    trainer, checkpoint = build_trainer(
-        cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
-    )
-    check_relaunch_possible(trainer)
+
+
+@dataclass(frozen=True)
+class _Best:
+    """What the fit leaves for the test: the checkpoint, its val_loss and epoch (from 1)."""
+
+    checkpoint: Path | str
+    val_loss: float
+    epoch: int
+
+
+def _fit(
+    cfg: DictConfig,
+    run: TrackedRun,
+    trainer: pl.Trainer,
+    checkpoint: ModelCheckpoint,
+    module: ClassifierModule,
+    data: FashionDataModule,
+    resume_from: Path | None,
+    start: float,
+) -> _Best | None:
+    """Train (from `resume_from` when given), or store a kNN head's features; None when the run
+    diverged, which closes it as failed."""
     if is_knn(cfg.head):
         # Nothing to optimise (models/knn.py): store the training features, validate once.
-        best_path = out / "checkpoints" / "knn.ckpt"
-        best_val_loss, best_epoch = fit_knn(trainer, module, data, best_path), 0
-    else:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-        if module.diverged:
-            run.set_tags({"status": "diverged", "failure_reason": module.divergence})
-            run.log_metrics({"wall_time_s": time.perf_counter() - start})
-            run.end("FAILED")
-            log.error(
-                "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
-                "another optimizer.",
-                condition_key(cfg),
-                module.divergence,
-            )
-            return math.nan
+        path = run_folder.knn_checkpoint(output_dir(cfg))
+        return _Best(path, fit_knn(trainer, module, data, path), 0)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if module.diverged:
+        run.set_tags({"status": "diverged", "failure_reason": module.divergence})
+        run.log_metrics({"wall_time_s": time.perf_counter() - start})
+        run.end("FAILED")
+        log.error(
+            "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
+            "another optimizer.",
+            condition_key(cfg),
+            module.divergence,
+        )
+        return None
+    path = checkpoint.best_model_path
+    return _Best(path, float(checkpoint.best_model_score), run_folder.epoch_of(path))
 
-        best_path = checkpoint.best_model_path
-        best_val_loss = float(checkpoint.best_model_score)
-        best_epoch = _epoch_of(best_path)
+
+def _test(
+    cfg: DictConfig,
+    run: TrackedRun,
+    trainer: pl.Trainer,
+    module: ClassifierModule,
+    data: FashionDataModule,
+    best: _Best,
+    clock: TrialClock,
+    start: float,
+) -> None:
+    """Test the best checkpoint; on rank 0, evaluate it, log metrics and results, close the run."""
     # The test metrics are logged once, below, beside the evaluation's: Lightning's logger would
     # log them a second time (float32, at the last step).
     trainer.loggers = []
-    trainer.test(module, datamodule=data, ckpt_path=best_path, verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path=best.checkpoint, verbose=False)
     if not is_rank_zero():
-        return best_val_loss  # the rest is rank 0's: evaluation and logging
+        return  # the rest is rank 0's: evaluation and logging
+    prepared = data.data
     # The best checkpoint's test-split probabilities, collected once for every report and plot.
     predictions = collect_predictions(module, data.test_dataloader())
     test_metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }
     evaluation = evaluate(predictions, recall_below=cfg.tail_recall)
-    log_evaluation(run, evaluation, out / "evaluation")
+    log_evaluation(run, evaluation, run_folder.evaluation(output_dir(cfg)))
     (log.warning if len(evaluation.tail) else log.info)(tail_summary(evaluation))
     test_metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     train_targets = prepared.targets[prepared.indices("train")]
@@ -255,8 +312,8 @@ def _fit_and_test(
     run.log_metrics(
         {
             **test_metrics,
-            "best_val_loss": best_val_loss,
-            "best_epoch": best_epoch,
+            "best_val_loss": best.val_loss,
+            "best_epoch": best.epoch,
             "epochs_run": trainer.current_epoch,
             "train_images_seen": data.plan.images_per_epoch * trainer.current_epoch,
             "wall_time_s": time.perf_counter() - start,
@@ -273,19 +330,11 @@ def _fit_and_test(
     log.info(
         "%s: best val_loss %.4f at epoch %d; test acc %s, weighted F1 %.4f",
         condition_key(cfg),
-        best_val_loss,
-        best_epoch,
+        best.val_loss,
+        best.epoch,
         accuracy,
         test_metrics.get("test_f1_weighted", math.nan),
     )
-    return best_val_loss
-
-
-def _epoch_of(checkpoint_path: str) -> int:
-    """The epoch of a `best-epoch=N.ckpt` file, counted from 1 like `epochs_run` (Lightning's N
-    counts from 0): `best_epoch` 3 of `epochs_run` 5 is the third epoch. 0: none (kNN)."""
-    stem = Path(checkpoint_path).stem
-    return int(stem.split("epoch=")[-1].split("-")[0]) + 1 if "epoch=" in stem else 0
 
 
 # Errors whose message says what is wrong and what to do: a single run prints just that.

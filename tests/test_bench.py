@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fashion_sweeps.bench import report
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def results(screen_ratio: float, data_ratio: float, tune_ratio: float, teardown: float) -> dict:
@@ -78,8 +80,7 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "fashion_sweeps.cli",
-        "bench",
+        "benchmarks.run",
         "--synthetic",
         "--images=60",
         "--image-size=16",
@@ -91,7 +92,9 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
         "--repeats=1",
         f"--out={out}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["screen"]["conditions"] == 2 and results["screen"]["same_ranking"]

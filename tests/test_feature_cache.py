@@ -24,7 +24,7 @@ from fashion_sweeps.models.features import (
 from fashion_sweeps.models.timm_backbones import efficientnet_lite0
 from fashion_sweeps.tracking.runs import tracking_uri
 from fashion_sweeps.train import train
-from fashion_sweeps.trial_clock import TrialClock
+from fashion_sweeps.trainer.clock import TrialClock
 
 # fmnist_cnn with BatchNorm, fully frozen; the batchnorm head has dropout, so the global RNG
 # must be consumed the same way on both paths for the results to match.

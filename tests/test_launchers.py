@@ -87,7 +87,7 @@ def test_trials_side_by_side_make_idle_threads_sleep(monkeypatch, args, preset, 
 def test_a_slurm_task_trains_with_as_many_threads_as_it_was_given_cores(monkeypatch) -> None:
     import torch
 
-    from fashion_sweeps.distributed import fit_threads_to_allocation
+    from fashion_sweeps.trainer.distributed import fit_threads_to_allocation
 
     before = torch.get_num_threads()
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")

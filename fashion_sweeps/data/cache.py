@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_sweeps.array_store import ArrayStore, array_sha256
+from fashion_sweeps.data.array_store import ArrayStore, array_sha256
 from fashion_sweeps.data.decode import decode_files
 
 log = logging.getLogger(__name__)

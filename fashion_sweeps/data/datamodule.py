@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomS
 
 from fashion_sweeps.config import build
 from fashion_sweeps.data.augment import BatchAugment, batch_augment
-from fashion_sweeps.data.cache import decode_cached, pixels_fingerprint
+from fashion_sweeps.data.cache import DecodedImages, decode_cached, pixels_fingerprint
 from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.data.sampling import SamplingPlan
 from fashion_sweeps.data.sources import DataError, Source
@@ -153,23 +153,57 @@ def _prepare(
         dataset.get("class_ranks"),
     )
     skipped.update(dropped)
-    source = source.select(keep)
-    image_cache = "off"
+    source, decoded = _decode(source.select(keep), dataset, cache_dir, skipped)
+    classes, targets, split = _labels_and_split(source, dataset, split_seed)
+    if skipped:
+        log.info("Skipped items of %s: %s", dataset.name, skipped)
+    prepared = PreparedData(
+        decoded.pixels,
+        targets,
+        split,
+        classes,
+        skipped,
+        time.perf_counter() - start,
+        decoded.fingerprint,
+        decoded.status,
+    )
+    log.info(
+        "Data %s: %d images, %d classes, %s in %.1fs",
+        dataset.name,
+        len(targets),
+        len(classes),
+        {s: int((split == s).sum()) for s in ("train", "val", "test")},
+        prepared.seconds,
+    )
+    return prepared
+
+
+def _decode(
+    source: Source, dataset: DictConfig, cache_dir: str | Path | None, skipped: dict[str, int]
+) -> tuple[Source, DecodedImages]:
+    """The items' pixels at `dataset.image_size`: files decoded through the image cache (data/
+    cache.py), in-memory pixels resized (cache `off`). Returns the source narrowed to the items
+    that decoded; why the others could not is counted in `skipped`."""
     if source.pixels is not None:
         pixels = resize_pixels(source.pixels, dataset.image_size)
         fingerprint = pixels_fingerprint(pixels)
-    else:
-        mode = "L" if dataset.get("grayscale", False) else "RGB"
-        decoded = decode_cached(
-            source.paths, dataset.image_size, mode, dataset.get("decode_workers"), cache_dir
-        )
-        pixels, reasons = decoded.pixels, decoded.reasons
-        fingerprint, image_cache = decoded.fingerprint, decoded.status
-        failed = [(str(p), r) for p, r in zip(source.paths, reasons, strict=True) if r]
-        for path, reason in failed:
+        return source, DecodedImages(pixels, [None] * len(pixels), fingerprint, "off", 0.0)
+    mode = "L" if dataset.get("grayscale", False) else "RGB"
+    decoded = decode_cached(
+        source.paths, dataset.image_size, mode, dataset.get("decode_workers"), cache_dir
+    )
+    for path, reason in zip(source.paths, decoded.reasons, strict=True):
+        if reason:
             log.warning("Skipping %s: %s", path, reason)
             skipped[reason] = skipped.get(reason, 0) + 1
-        source = source.select(np.array([r is None for r in reasons], dtype=bool))
+    return source.select(np.array([r is None for r in decoded.reasons], dtype=bool)), decoded
+
+
+def _labels_and_split(
+    source: Source, dataset: DictConfig, split_seed: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names, each item's class index and split name; a DataError when no image, a single
+    class or an empty split is left."""
     if len(source) == 0:
         raise DataError(f"No image of data set {dataset.name!r} could be decoded.")
     classes = label_map(source.labels)
@@ -190,27 +224,7 @@ def _prepare(
                 f"The {name} split of {dataset.name!r} is empty ({len(source)} images in all). "
                 "Use more data or change dataset.val_fraction / dataset.test_fraction."
             )
-    if skipped:
-        log.info("Skipped items of %s: %s", dataset.name, skipped)
-    prepared = PreparedData(
-        pixels,
-        targets,
-        split,
-        classes,
-        skipped,
-        time.perf_counter() - start,
-        fingerprint,
-        image_cache,
-    )
-    log.info(
-        "Data %s: %d images, %d classes, %s in %.1fs",
-        dataset.name,
-        len(targets),
-        len(classes),
-        {s: int((split == s).sum()) for s in ("train", "val", "test")},
-        prepared.seconds,
-    )
-    return prepared
+    return classes, targets, split
 
 
 class ImageArrayDataset(Dataset):
@@ -247,6 +261,13 @@ def check_loader_options(dataset: DictConfig) -> None:
         raise DataError(
             f"dataset.batch_size={size!r}: give the images per batch, 1 or more (e.g. 32)."
         )
+
+
+def train_augmentation(dataset: DictConfig) -> BatchAugment | None:
+    """The training batches' augmentation (data/augment.py), applied by the LightningModule on
+    the device: the loaders serve images as they are. An AugmentError for impossible options."""
+    augment = dataset.get("augment")
+    return batch_augment(OmegaConf.to_container(augment, resolve=True) if augment else None)
 
 
 class FashionDataModule(pl.LightningDataModule):
@@ -298,10 +319,8 @@ class FashionDataModule(pl.LightningDataModule):
         self.features = features
 
     def train_augmentation(self) -> BatchAugment | None:
-        """The training batches' augmentation (data/augment.py), applied by the LightningModule
-        on the device: the loaders serve images as they are."""
-        augment = self.cfg.get("augment")
-        return batch_augment(OmegaConf.to_container(augment, resolve=True) if augment else None)
+        """This data set's `train_augmentation`."""
+        return train_augmentation(self.cfg)
 
     def _dataset(self, split: str) -> Dataset:
         assert self.data is not None and self.plan is not None, "call setup() first"

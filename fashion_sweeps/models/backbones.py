@@ -9,10 +9,13 @@ resolution), as torchvision's weight enums do.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -33,9 +36,6 @@ class WeightsInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resolution: int
-
-
-IMAGENET = WeightsInfo((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
 
 
 class ImageSizeError(ValueError):
@@ -120,6 +120,63 @@ class Backbone(nn.Module):
         return self
 
 
+# --- Builders -----------------------------------------------------------------------------------
+
+# A network of fixed shape, built: make(pretrained, weights_path, freeze).
+Make = Callable[[bool, str | None, bool | int], Backbone]
+
+
+def builder(name: str, make: Make, doc: str, pretrained: bool = False) -> Callable[..., Backbone]:
+    """The function a conf/backbone/ file names (`_target_: <module>.<name>`) for a network of
+    fixed shape: `make(pretrained, weights_path, freeze)`. Like every builder it accepts the sizes
+    given to all of them (`in_channels`, `image_size`), which such a network does not need."""
+
+    def build(
+        pretrained: bool = pretrained,
+        weights_path: str | None = None,
+        freeze: bool | int = False,
+        **_: object,
+    ) -> Backbone:
+        return make(pretrained, weights_path, freeze)
+
+    # Found by Hydra, pickled and shown under its own name, in the module that defines `make`.
+    build.__module__, build.__name__, build.__qualname__ = make.__module__, name, name
+    build.__doc__ = doc
+    return build
+
+
+def scratch(
+    freeze: bool | int = False,
+) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorates a from-scratch builder, which makes a Backbone of the given sizes and options:
+    `pretrained=true` fails (there are none), `weights_path` loads a file of this backbone's own
+    (`fashion-sweeps export-backbone`'s), then it is frozen as asked (default `freeze`)."""
+    default_freeze = freeze
+
+    def wrap(make: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        @functools.wraps(make)
+        def build(
+            *sizes: Any,
+            pretrained: bool = False,
+            weights_path: str | None = None,
+            freeze: bool | int = default_freeze,
+            **options: Any,
+        ) -> Backbone:
+            if pretrained:
+                raise WeightsUnavailableError(
+                    f"{make.__name__} is a from-scratch baseline: there are no pretrained weights "
+                    "for it. Set `backbone.pretrained=false`."
+                )
+            backbone = make(*sizes, **options)
+            if weights_path:
+                backbone.load_state_dict(load_state_dict_file(weights_path))
+            return backbone.finish(freeze)
+
+        return build
+
+    return wrap
+
+
 # --- Pretrained weights -------------------------------------------------------------------------
 
 
@@ -177,71 +234,69 @@ def _pooled() -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def _imagenet_if(pretrained: bool, weights_path: str | None) -> WeightsInfo | None:
-    """torchvision's weights files (downloaded or given) are ImageNet-trained."""
-    return IMAGENET if pretrained or weights_path else None
-
-
 # --- torchvision builders -----------------------------------------------------------------------
 
 
-def mobilenet_v2(
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """MobileNetV2: 19 feature blocks, global average pooled to 1280 features."""
-    model = _torchvision_model("mobilenet_v2", pretrained, weights_path)
-    backbone = Backbone(list(model.features), _pooled(), 1280, in_channels=3)
-    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
+def torchvision_weights_info(name: str) -> WeightsInfo:
+    """What torchvision's ImageNet weights of `name` expect, as its weight enum describes them
+    (the preprocessing preset: mean, std, crop size)."""
+    preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    return WeightsInfo(tuple(preset.mean), tuple(preset.std), int(preset.crop_size[0]))
 
 
-def vgg16(
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """VGG16 convolutional base (5 stages), global average pooled to 512 features."""
-    model = _torchvision_model("vgg16", pretrained, weights_path)
+def _torchvision(
+    name: str, features: int, blocks: Callable[[nn.Module], list[nn.Module]], doc: str
+) -> Callable[..., Backbone]:
+    """The builder of torchvision's `name`: `blocks(model)` in order, average pooled to
+    `features`. Its weights files (downloaded or given) are torchvision's ImageNet ones."""
+
+    def make(pretrained: bool, weights_path: str | None, freeze: bool | int) -> Backbone:
+        model = _torchvision_model(name, pretrained, weights_path)
+        backbone = Backbone(blocks(model), _pooled(), features, in_channels=3)
+        info = torchvision_weights_info(name) if pretrained or weights_path else None
+        return backbone.finish(freeze, info)
+
+    return builder(name, make, doc)
+
+
+def _vgg_stages(model: nn.Module) -> list[nn.Module]:
+    """VGG's convolutional base, cut after each max-pool."""
     stages, current = [], []
     for layer in model.features:
         current.append(layer)
         if isinstance(layer, nn.MaxPool2d):
             stages.append(nn.Sequential(*current))
             current = []
-    backbone = Backbone(stages, _pooled(), 512, in_channels=3)
-    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
+    return stages
 
 
-def _resnet(name: str, features: int, pretrained, weights_path, freeze) -> Backbone:
-    m = _torchvision_model(name, pretrained, weights_path)
-    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
-    backbone = Backbone(
-        [stem, m.layer1, m.layer2, m.layer3, m.layer4], _pooled(), features, in_channels=3
-    )
-    return backbone.finish(freeze, _imagenet_if(pretrained, weights_path))
+def _resnet_stages(m: nn.Module) -> list[nn.Module]:
+    """The stem (convolution, BatchNorm, ReLU, max-pool), then ResNet's 4 stages."""
+    return [
+        nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool),
+        m.layer1,
+        m.layer2,
+        m.layer3,
+        m.layer4,
+    ]
 
 
-def resnet18(
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """ResNet18: stem + 4 stages, 512 features."""
-    return _resnet("resnet18", 512, pretrained, weights_path, freeze)
-
-
-def resnet50(
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """ResNet50: stem + 4 stages, 2048 features."""
-    return _resnet("resnet50", 2048, pretrained, weights_path, freeze)
+mobilenet_v2 = _torchvision(
+    "mobilenet_v2",
+    1280,
+    lambda model: list(model.features),
+    "MobileNetV2: 19 feature blocks, global average pooled to 1280 features.",
+)
+vgg16 = _torchvision(
+    "vgg16",
+    512,
+    _vgg_stages,
+    "VGG16 convolutional base (5 stages), global average pooled to 512 features.",
+)
+resnet18 = _torchvision("resnet18", 512, _resnet_stages, "ResNet18: stem + 4 stages, 512 features.")
+resnet50 = _torchvision(
+    "resnet50", 2048, _resnet_stages, "ResNet50: stem + 4 stages, 2048 features."
+)
 
 
 # --- From-scratch baselines ---------------------------------------------------------------------
@@ -254,20 +309,6 @@ def _flat_size(blocks: list[nn.Module], in_channels: int, image_size: int) -> in
         x = probe(torch.zeros(1, in_channels, image_size, image_size))
     probe.train()
     return x.flatten(1).shape[1]
-
-
-def _no_pretrained(name: str, pretrained: bool, weights_path: str | None) -> None:
-    if pretrained:
-        raise WeightsUnavailableError(
-            f"{name} is a from-scratch baseline: there are no pretrained weights for it. "
-            "Set `backbone.pretrained=false`."
-        )
-
-
-def _load_file(backbone: Backbone, weights_path: str | None) -> Backbone:
-    if weights_path:
-        backbone.load_state_dict(load_state_dict_file(weights_path))
-    return backbone
 
 
 def _convs(c_in: int, c_out: int, n: int = 1, batchnorm: bool = False) -> list[nn.Module]:
@@ -315,6 +356,7 @@ def _per_block(value: int | list[int], blocks: int, name: str) -> list[int]:
     return values
 
 
+@scratch()
 def simple_cnn(
     in_channels: int = 3,
     image_size: int = 64,
@@ -325,9 +367,6 @@ def simple_cnn(
     convs: int | list[int] = 1,
     residual: bool = False,
     pool: str = "flatten",
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
     **_: object,
 ) -> Backbone:
     """The 2019 report's benchmark: four conv+pool blocks (width, 2w, 4w, 4w), a 512-unit dense
@@ -336,7 +375,6 @@ def simple_cnn(
     block halves a larger image cheaply). `residual` puts a block's later convolutions around a
     skip connection; `pool` reduces the last feature maps before the dense layer: `flatten`
     (the report's: every position its own weights), global `avg` or `max`."""
-    _no_pretrained("simple_cnn", pretrained, weights_path=None)
     if pool != "flatten" and pool not in GLOBAL_POOLS:
         raise ValueError(f"backbone.pool={pool!r}: use flatten, avg or max.")
     widths = list(widths) if widths else [width, 2 * width, 4 * width, 4 * width]
@@ -365,9 +403,10 @@ def simple_cnn(
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
     )
-    return _load_file(Backbone(blocks, tail, 512, in_channels), weights_path).finish(freeze)
+    return Backbone(blocks, tail, 512, in_channels)
 
 
+@scratch()
 def fmnist_cnn(
     in_channels: int = 1,
     image_size: int = 28,
@@ -376,15 +415,11 @@ def fmnist_cnn(
     dense: int = 128,
     batchnorm: bool = False,
     convs: int | list[int] = 1,
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
     **_: object,
 ) -> Backbone:
     """The Fashion-MNIST study's CNN: 3x3 convs 32/64/128 with padding, max-pool after the first
     two, dropout 0.25/0.25/0.4, dense 128 with dropout 0.3. `batchnorm` adds BatchNorm after each
     conv and `convs` stacks more convolutions per block (the stronger recipe uses both)."""
-    _no_pretrained("fmnist_cnn", pretrained, weights_path=None)
     widths, dropouts = list(widths), list(dropouts)
     per_block = _per_block(convs, 3, "convs")
     c_in = [in_channels, widths[0], widths[1]]
@@ -399,21 +434,18 @@ def fmnist_cnn(
     tail = nn.Sequential(
         nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Dropout(dropouts[3])
     )
-    return _load_file(Backbone(blocks, tail, dense, in_channels), weights_path).finish(freeze)
+    return Backbone(blocks, tail, dense, in_channels)
 
 
+@scratch()
 def mlp(
     in_channels: int = 1,
     image_size: int = 28,
     hidden: int = 256,
     dropout: float = 0.2,
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
     **_: object,
 ) -> Backbone:
     """A multi-layer perceptron on raw pixels: the simplest baseline."""
-    _no_pretrained("mlp", pretrained, weights_path=None)
     blocks: list[nn.Module] = [
         nn.Sequential(
             nn.Flatten(),
@@ -422,21 +454,12 @@ def mlp(
             nn.Dropout(dropout),
         )
     ]
-    backbone = Backbone(blocks, nn.Identity(), hidden, in_channels)
-    return _load_file(backbone, weights_path).finish(freeze)
+    return Backbone(blocks, nn.Identity(), hidden, in_channels)
 
 
-def pixels(
-    in_channels: int = 1,
-    image_size: int = 28,
-    pretrained: bool = False,
-    weights_path: str | None = None,
-    freeze: bool | int = True,
-    **_: object,
-) -> Backbone:
+@scratch(freeze=True)  # nothing to train: lets head=knn run as it is
+def pixels(in_channels: int = 1, image_size: int = 28, **_: object) -> Backbone:
     """No weights: the normalised pixels, flattened. Under head=knn it is the Fashion-MNIST
     benchmark's kNN on pixels; under a trainable head, a linear model on pixels."""
-    _no_pretrained("pixels", pretrained, weights_path=None)
     features = in_channels * image_size * image_size
-    backbone = Backbone([nn.Flatten()], nn.Identity(), features, in_channels)
-    return _load_file(backbone, weights_path).finish(freeze)
+    return Backbone([nn.Flatten()], nn.Identity(), features, in_channels)

@@ -19,25 +19,20 @@ from pathlib import Path
 import torch
 import torchvision
 
-BACKBONE_PREFIX = "model.backbone."
+from fashion_sweeps import run_folder
+from fashion_sweeps.run_folder import BACKBONE_PREFIX
 
 
 class ExportError(RuntimeError):
     """A run folder whose backbone cannot be exported; the message says why."""
 
 
-def run_folder(path: str | Path) -> Path:
-    """The run's output folder, given the folder or a checkpoint inside its `checkpoints/`."""
-    path = Path(path).expanduser()
-    return path.parent.parent if path.suffix == ".ckpt" else path
-
-
 def backbone_name(folder: Path) -> str:
     """The backbone's builder name (`resnet50`, `simple_cnn`, ...) from the run's record."""
-    record = folder / "mlflow_run.json"
+    record = run_folder.record(folder)
     if not record.is_file():
         raise ExportError(
-            f"{str(folder)!r} is not a run's output folder (no mlflow_run.json): give the folder "
+            f"{str(folder)!r} is not a run's output folder (no {record.name}): give the folder "
             "a `fashion-sweeps train` run wrote, e.g. multirun/runs/<date>/<time>."
         )
     target = json.loads(record.read_text()).get("identity", {}).get("backbone._target_")
@@ -48,10 +43,11 @@ def backbone_name(folder: Path) -> str:
 
 def best_checkpoint(folder: Path) -> Path:
     """The run's best checkpoint (the newest, if a resumed run left several)."""
-    found = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = run_folder.best_checkpoints(folder)
     if not found:
         raise ExportError(
-            f"No best checkpoint in {folder / 'checkpoints'}: the run has not finished an epoch."
+            f"No best checkpoint in {run_folder.checkpoints(folder)}: the run has not finished an "
+            "epoch."
         )
     return found[-1]
 
@@ -92,12 +88,12 @@ def export_backbone(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the backbone of a run (its output folder, or a checkpoint in it: default the best)
     to `out` (default `<folder>/backbone.pth`); returns the file."""
     given = Path(run).expanduser()
-    folder = run_folder(given)
+    folder = run_folder.folder_of(given)
     name = backbone_name(folder)
     state = backbone_state(given if given.suffix == ".ckpt" else best_checkpoint(folder))
     if name in torchvision.models.list_models():
         state = as_torchvision(name, state)
-    path = Path(out).expanduser() if out else folder / "backbone.pth"
+    path = Path(out).expanduser() if out else run_folder.exported_backbone(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
@@ -119,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as err:
         print(f"fashion-sweeps export-backbone: {err}", file=sys.stderr)
         return 2
-    print(f"Backbone of {run_folder(Path(args.run))} written to {path}: use it with")
+    print(f"Backbone of {run_folder.folder_of(args.run)} written to {path}: use it with")
     print(f"  backbone.weights_path={path}")
     return 0
 

@@ -2,8 +2,8 @@
 
 With a fully frozen backbone and no training-time augmentation, every epoch of every condition
 that shares the backbone runs the same images through the same weights. Instead, the pooled
-features of all prepared images are computed once, stored on disk (array_store.py), and the head
-trains on them; the datamodule serves feature rows where it served images.
+features of all prepared images are computed once, stored on disk (data/array_store.py), and the
+head trains on them; the datamodule serves feature rows where it served images.
 
 The entry's key covers all the features depend on: the data (files, image size: the prepared
 data's fingerprint), the preprocessing (normalisation statistics) and the backbone (architecture
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_sweeps.array_store import ArrayStore
+from fashion_sweeps.data.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.progress import ProgressLines

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.data.datamodule import FashionDataModule, train_augmentation
 from fashion_sweeps.models.features import pooled_features
 from fashion_sweeps.models.module import ClassifierModule
 
@@ -210,7 +210,7 @@ def check_knn_config(cfg: DictConfig) -> None:
     if freeze is not True:
         problems.append(f"backbone.freeze={freeze} leaves backbone weights to train")
     # The same rule the feature cache applies (no data is read to answer it).
-    if FashionDataModule(cfg.dataset, cfg.sampler, cfg.seed).train_augmentation() is not None:
+    if train_augmentation(cfg.dataset) is not None:
         problems.append("dataset.augment changes the training images every epoch")
     if problems:
         raise _not_fixed(problems)

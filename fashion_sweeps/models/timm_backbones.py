@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import timm as timm_lib
@@ -25,6 +26,7 @@ from fashion_sweeps.models.backbones import (
     Backbone,
     WeightsInfo,
     WeightsUnavailableError,
+    builder,
     load_state_dict_file,
 )
 
@@ -85,50 +87,34 @@ def _lite_blocks(model: nn.Module) -> list[nn.Module]:
     return [stem, *model.blocks, head]
 
 
-def _efficientnet_lite(
-    version: int, pretrained: bool, weights_path: str | None, freeze: bool | int
-) -> Backbone:
-    model = timm_lib.create_model(f"tf_efficientnet_lite{version}", pretrained=False, num_classes=0)
-    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    backbone = Backbone(_lite_blocks(model), pool, model.num_features, in_channels=3)
-    if not (weights_path or pretrained):
-        return backbone.finish(freeze)
-    state = load_state_dict_file(weights_path or lite_weights_file(version))
-    if set(state) == set(backbone.state_dict()):  # `fashion-sweeps export-backbone`'s file
-        backbone.load_state_dict(state)
-    else:
-        model.load_state_dict(to_timm_names(state, model))
-    return backbone.finish(freeze, LITE_WEIGHTS[version])
+def _lite(version: int, parameters: float) -> Callable[..., Backbone]:
+    """The builder of EfficientNet-Lite<version> on timm's network: 9 blocks, 1280 features."""
+
+    def make(pretrained: bool, weights_path: str | None, freeze: bool | int) -> Backbone:
+        name = f"tf_efficientnet_lite{version}"
+        model = timm_lib.create_model(name, pretrained=False, num_classes=0)
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        backbone = Backbone(_lite_blocks(model), pool, model.num_features, in_channels=3)
+        if not (weights_path or pretrained):
+            return backbone.finish(freeze)
+        state = load_state_dict_file(weights_path or lite_weights_file(version))
+        if set(state) == set(backbone.state_dict()):  # `fashion-sweeps export-backbone`'s file
+            backbone.load_state_dict(state)
+        else:
+            model.load_state_dict(to_timm_names(state, model))
+        return backbone.finish(freeze, LITE_WEIGHTS[version])
+
+    native = LITE_WEIGHTS[version].resolution
+    doc = (
+        f"EfficientNet-Lite{version} ({parameters} M parameters, 1280 features, native {native} "
+        "px): 9 blocks."
+    )
+    return builder(f"efficientnet_lite{version}", make, doc, pretrained=True)
 
 
-def efficientnet_lite0(
-    pretrained: bool = True,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """EfficientNet-Lite0 (4.7 M parameters, 1280 features, native 224 px): 9 blocks."""
-    return _efficientnet_lite(0, pretrained, weights_path, freeze)
-
-
-def efficientnet_lite1(
-    pretrained: bool = True,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """EfficientNet-Lite1 (5.4 M parameters, 1280 features, native 240 px): 9 blocks."""
-    return _efficientnet_lite(1, pretrained, weights_path, freeze)
-
-
-def efficientnet_lite2(
-    pretrained: bool = True,
-    weights_path: str | None = None,
-    freeze: bool | int = False,
-    **_: object,
-) -> Backbone:
-    """EfficientNet-Lite2 (6.1 M parameters, 1280 features, native 260 px): 9 blocks."""
-    return _efficientnet_lite(2, pretrained, weights_path, freeze)
+efficientnet_lite0 = _lite(0, 4.7)
+efficientnet_lite1 = _lite(1, 5.4)
+efficientnet_lite2 = _lite(2, 6.1)
 
 
 def _timm_weights_info(model: nn.Module) -> WeightsInfo:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
-from fashion_sweeps.distributed import is_rank_zero
+from fashion_sweeps import run_folder
 from fashion_sweeps.redact import redact
+from fashion_sweeps.run_folder import RECORD
 from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
@@ -36,11 +36,10 @@ from fashion_sweeps.tracking.runs import (
     open_store,
     tracking_uri,
 )
+from fashion_sweeps.trainer.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
-RECORD = "mlflow_run.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 DONE = ("finished", "diverged")
 POLICY = 2  # records before it kept trainer.* and sweep.* out of the identity, but no more
 
@@ -54,7 +53,7 @@ def identity(cfg: DictConfig) -> dict[str, str]:
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
-    path = output_dir / RECORD
+    path = run_folder.record(output_dir)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -63,7 +62,7 @@ def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = output_dir / f".{RECORD}.{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(output_dir / RECORD)
+    tmp.replace(run_folder.record(output_dir))
 
 
 class RecordedRun(TrackedRun):
@@ -196,7 +195,7 @@ def readable_checkpoint(path: Path) -> bool:
         return True
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors ...
         if is_rank_zero():
-            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside = run_folder.set_aside(path)
             path.replace(aside)
             log.warning(
                 "%s is damaged (%s): set aside as %s, starting over from epoch 0.",
@@ -293,7 +292,7 @@ def open_job_run(
     record = read_record(output_dir)
     if record is not None:
         _check_same_experiment(output_dir, record, cfg)
-    last = output_dir / LAST_CHECKPOINT
+    last = run_folder.last_checkpoint(output_dir)
     resume_from = last if record is not None and readable_checkpoint(last) else None
     if not is_rank_zero():
         # The same decisions as rank 0, from the same files, so all ranks train the same epochs.

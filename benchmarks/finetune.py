@@ -22,7 +22,7 @@ from fashion_sweeps.config import build
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.models.classifier import classifier_for
 from fashion_sweeps.train import train
-from fashion_sweeps.trial_clock import TrialClock
+from fashion_sweeps.trainer.clock import TrialClock
 
 log = logging.getLogger(__name__)
 

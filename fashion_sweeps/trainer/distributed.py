@@ -19,6 +19,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from fashion_sweeps import run_folder
+
 log = logging.getLogger(__name__)
 
 # How long ranks > 0 wait for rank 0 to prepare the data (it builds the disk caches they read).
@@ -65,17 +67,13 @@ def _external_launch_id() -> str | None:
     return None
 
 
-def _data_marker(output_dir: Path, launch: str) -> Path:
-    return output_dir / f".data_ready.{launch}"
-
-
 def wait_for_rank_zero_data(output_dir: Path) -> None:
     """On ranks > 0 started together with rank 0, wait until rank 0 has prepared the data, so the
     image and feature caches are built once and then read, not built by every rank at once."""
     launch = _external_launch_id()
     if launch is None or is_rank_zero():
         return
-    marker = _data_marker(output_dir, launch)
+    marker = run_folder.data_ready_marker(output_dir, launch)
     deadline = time.monotonic() + DATA_WAIT_S
     while not marker.exists():
         if time.monotonic() > deadline:
@@ -92,7 +90,7 @@ def mark_data_ready(output_dir: Path) -> None:
     if launch is None or not is_rank_zero():
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    _data_marker(output_dir, launch).touch()
+    run_folder.data_ready_marker(output_dir, launch).touch()
 
 
 def check_relaunch_possible(trainer: pl.Trainer) -> None:

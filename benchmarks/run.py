@@ -1,5 +1,6 @@
-"""`fashion-sweeps bench [--images N] [--image-size PX] ...`: run the four benches side by side on
-the same data and write bench/results.json and bench/results.md (also printed).
+"""`make bench ARGS="--images N --image-size PX ..."` (`python -m benchmarks.run ...`): run the four
+benches side by side on the same data and write benchmarks/results.json and results.md (also
+printed).
 
 Results are written after every bench, so an interrupted or failed bench keeps what it measured.
 """
@@ -13,28 +14,30 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fashion_sweeps.bench import report
-from fashion_sweeps.bench.finetune import finetune_bench
-from fashion_sweeps.bench.loading import loading_bench
-from fashion_sweeps.bench.profile import profile_trial
-from fashion_sweeps.bench.screen import ScreenSettings, screen_bench
-from fashion_sweeps.bench.workspace import bench_cfg, bench_data
-from fashion_sweeps.config import project_dir
+from benchmarks import report
+from benchmarks.finetune import finetune_bench
+from benchmarks.loading import loading_bench
+from benchmarks.profile import profile_trial
+from benchmarks.screen import ScreenSettings, screen_bench
+from benchmarks.workspace import bench_cfg, bench_data
 
 log = logging.getLogger(__name__)
 
 BENCHES = ("data", "finetune", "screen")
+# Results are written beside the benchmarks' code (results.json, results.md; git ignores them).
+BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="fashion-sweeps bench",
+        prog="python -m benchmarks.run",
         description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
         "side by side (see README, `make bench`).",
     )
@@ -51,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
     )
-    parser.add_argument("--out", type=Path, default=project_dir() / "bench", help="results folder")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
     )
@@ -68,31 +71,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def settings(args: argparse.Namespace, work: Path, data: str, available: int) -> dict[str, Any]:
+    """What the results were measured on: data, sizes, grid, machine and its load."""
+    return {
+        "data": data,
+        "images": args.images,
+        "available_images": available,
+        "image_size": args.image_size,
+        "backbone": args.backbone,
+        "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
+        "epochs": args.epochs,
+        "finetune_backbone": args.finetune_backbone,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "workdir": str(work),
+        # Other processes' load makes every figure noisy: recorded to judge the run by.
+        "load_average_before": os.getloadavg(),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fashion-sweeps-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     root, described, available = bench_data(work / "data", args.images, args.synthetic)
-    results: dict[str, Any] = {
-        "settings": {
-            "data": described,
-            "images": args.images,
-            "available_images": available,
-            "image_size": args.image_size,
-            "backbone": args.backbone,
-            "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
-            "epochs": args.epochs,
-            "finetune_backbone": args.finetune_backbone,
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "when": datetime.now().isoformat(timespec="seconds"),
-            "workdir": str(work),
-            # Other processes' load makes every figure noisy: recorded to judge the run by.
-            "load_average_before": os.getloadavg(),
-        }
-    }
-    only = args.only.split(",")
-    size = f"dataset.image_size={args.image_size}"
+    results: dict[str, Any] = {"settings": settings(args, work, described, available)}
 
     def save() -> None:
         results["total_s"] = time.perf_counter() - start
@@ -100,24 +104,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report.write(results, args.out)
 
     try:
-        if "data" in only:
-            log.info("Bench 2: data loading")
-            results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
-            save()
-        if "finetune" in only:
-            log.info("Bench 3: fine-tuning, framework vs bare loop")
-            tune = [
-                f"backbone={args.finetune_backbone}",
-                "backbone.freeze=false",
-                "trainer.max_epochs=1",
-            ]
-            results["finetune"] = finetune_bench(
-                lambda name: bench_cfg(root, work, name, size, *tune), args.repeats
-            )
-            save()
-        if "screen" in only:
-            log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
-            settings = ScreenSettings(
+        run_benches(args, root, work, results, save)
+    finally:
+        save()
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def run_benches(
+    args: argparse.Namespace,
+    root: Path,
+    work: Path,
+    results: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """The benches `--only` names, into `results`, saved after each."""
+    only = args.only.split(",")
+    size = f"dataset.image_size={args.image_size}"
+    if "data" in only:
+        log.info("Bench 2: data loading")
+        results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
+        save()
+    if "finetune" in only:
+        log.info("Bench 3: fine-tuning, framework vs bare loop")
+        tune = [
+            f"backbone={args.finetune_backbone}",
+            "backbone.freeze=false",
+            "trainer.max_epochs=1",
+        ]
+        results["finetune"] = finetune_bench(
+            lambda name: bench_cfg(root, work, name, size, *tune), args.repeats
+        )
+        save()
+    if "screen" in only:
+        log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
+        results["screen"] = screen_bench(
+            ScreenSettings(
                 root,
                 work,
                 args.image_size,
@@ -127,20 +150,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.optimizers,
                 args.lrs,
             )
-            results["screen"] = screen_bench(settings)
-            save()
-            # The features are stored by now: this is a cached trial as the screen ran them.
-            frozen = [
-                f"backbone={args.backbone}",
-                "backbone.freeze=true",
-                f"trainer.max_epochs={args.epochs}",
-            ]
-            results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
-    finally:
+        )
         save()
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return results
+        # The features are stored by now: this is a cached trial as the screen ran them.
+        frozen = [
+            f"backbone={args.backbone}",
+            "backbone.freeze=true",
+            f"trainer.max_epochs={args.epochs}",
+        ]
+        results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
 
 
 def main(argv: list[str] | None = None) -> int:

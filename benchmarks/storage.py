@@ -5,7 +5,7 @@ Each worker process does what a sweep worker does per condition, without trainin
 finished (`finish_trial`). The study grows as they go; the time of one claim-and-finish is
 reported per block of trials, so its growth with the study's size shows.
 
-    python -m fashion_sweeps.bench.storage --trials 2000 --workers 1 4 \
+    python -m benchmarks.storage --trials 2000 --workers 1 4 \
         --storage sqlite journal postgresql://fashion_sweeps:fashion_sweeps@127.0.0.1/bench
 
 `sqlite` and `journal` are files in a temporary folder; a PostgreSQL URL names a database the

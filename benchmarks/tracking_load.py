@@ -4,7 +4,7 @@ Each simulated run is a thread with its own MLflow run that logs one batch of 5 
 request, as a training run does per logging step, as fast as the server answers. Requests per
 second in all and the median latency, per number of concurrent runs:
 
-    python -m fashion_sweeps.bench.tracking_load http://127.0.0.1:5000 --runs 1 8 32 --seconds 20
+    python -m benchmarks.tracking_load http://127.0.0.1:5000 --runs 1 8 32 --seconds 20
 
 Point it at a server of its own (`make server PORT=5001 BACKEND=...`): it creates an experiment
 `tracking-load` with one run per thread.

@@ -1,4 +1,4 @@
-"""`bench/results.json` and its Markdown table, with the issue's targets checked."""
+"""`benchmarks/results.json` and its Markdown table, with the issue's targets checked."""
 
 from __future__ import annotations
 

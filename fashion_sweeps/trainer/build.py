@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
 
+from fashion_sweeps import run_folder
 from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def last_checkpoint(folder: Path) -> ModelCheckpoint:
     best checkpoint's and early stopping's state of the same epoch."""
     return ModelCheckpoint(
         dirpath=folder,
-        filename="last",
+        filename=run_folder.LAST,
         monitor=None,  # no ranking: the newest epoch replaces the file
         save_top_k=1,
         enable_version_counter=False,  # always last.ckpt, never last-v1.ckpt
@@ -148,14 +149,14 @@ def build_trainer(
     progress_every_s = options.pop("progress_every_s", None)
     ema_decay = options.pop("ema_decay", None)
     checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-{epoch}",
+        dirpath=run_folder.checkpoints(output_dir),
+        filename=run_folder.BEST,
         monitor="val_loss",
         mode="min",
     )
     all_callbacks: list[Callback] = [
         checkpoint,
-        last_checkpoint(output_dir / "checkpoints"),
+        last_checkpoint(run_folder.checkpoints(output_dir)),
         # check_finite: a NaN val_loss stops the run rather than training on for nothing.
         EarlyStopping(monitor="val_loss", mode="min", patience=patience, check_finite=True),
         *(callbacks or []),
