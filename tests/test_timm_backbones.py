@@ -113,6 +113,20 @@ def test_timm_pretrained_offline_without_cache_is_one_paragraph(tmp_path, monkey
     assert "weights_path" in str(err.value) and "pretrained=false" in str(err.value)
 
 
+def test_an_unreachable_hub_is_reported_at_once_not_after_retries(tmp_path, monkeypatch) -> None:
+    """No network and no cached weights: the hub is asked once (a refused connection here), not
+    retried file by file for a minute."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: closed
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsUnavailableError, match="the hub cannot be reached"):
+        timm_backbones.timm("test_resnet", pretrained=True)
+    assert constants.HF_HUB_OFFLINE is False  # the process's hub client is left as it was
+
+
 def test_unknown_timm_model_is_named() -> None:
     with pytest.raises(WeightsUnavailableError, match="'no_such_net' is not a timm model"):
         timm_backbones.timm("no_such_net", pretrained=False)

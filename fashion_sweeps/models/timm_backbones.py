@@ -13,10 +13,14 @@ ViT...) with its pretrained weights from the Hugging Face hub or its local cache
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm as timm_lib
 import torch
@@ -122,18 +126,54 @@ def _timm_weights_info(model: nn.Module) -> WeightsInfo:
     return WeightsInfo(tuple(cfg["mean"]), tuple(cfg["std"]), int(cfg["input_size"][-1]))
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked for weights. Offline, its client retries every
+    file for about a minute before failing; one quick connection attempt answers at once.
+    `HF_HUB_OFFLINE` counts whenever it is set (the client reads it only at import), and behind
+    a proxy the hub is assumed reachable."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return False
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """The hub client in offline mode (the local cache only) while the block runs."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or before
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _create_timm(name: str, pretrained: bool) -> nn.Module:
     if name not in timm_lib.list_models(pretrained=False):
         raise WeightsUnavailableError(
             f"backbone.name={name!r} is not a timm model. List them with "
             "`python -c 'import timm; print(timm_lib.list_models())'`."
         )
+    offline = pretrained and not hub_reachable()
     try:
-        return timm_lib.create_model(name, pretrained=pretrained, num_classes=0)
+        with _hub_offline(offline):
+            return timm_lib.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as err:  # offline: the hub's OSError / LocalEntryNotFoundError / HTTP errors
+        why = "the hub cannot be reached" if offline else f"{type(err).__name__}: {err}"
         raise WeightsUnavailableError(
             f"Pretrained weights for the timm model {name!r} are not in the Hugging Face cache "
-            f"and could not be downloaded ({type(err).__name__}: {err}). Either run once with "
+            f"and could not be downloaded ({why}). Either run once with "
             "a network (HF_HOME sets the cache), give a state-dict file with "
             "`backbone.weights_path=/path/to/state_dict.pth`, or train without them: "
             "`backbone.pretrained=false`."
