@@ -85,6 +85,7 @@ def test_ddp_refuses_to_relaunch_outside_a_single_hydra_run(make_cfg, fmnist_roo
     assert run.info.status == "FAILED" and "ddp" in run.data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_ranks_started_together_write_one_run(fmnist_root: Path, tmp_path: Path) -> None:
     """torchrun starts every rank at once, as SLURM does with one task per device: rank 1 waits
     for rank 0's data, and still only rank 0 writes to MLflow."""

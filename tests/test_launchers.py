@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from fashion_sweeps.config import CONF_DIR
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_submitit_local_runs_two_trials_in_separate_processes_that_both_log(
     fmnist_root: Path, tmp_path: Path
 ) -> None:

@@ -130,6 +130,7 @@ def read_until(proc: subprocess.Popen, text: str, timeout: float = 300) -> str:
     return "".join(seen)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_run_killed_after_a_worse_epoch_resumes_after_it_and_logs_each_step_once(
     tmp_path: Path,
 ) -> None:

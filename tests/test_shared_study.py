@@ -147,6 +147,7 @@ def wait_for(proc: subprocess.Popen, text: str) -> str:
     raise AssertionError(f"{text!r} never came:\n{''.join(seen)[-3000:]}")
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_condition_of_a_worker_killed_mid_run_is_trained_by_the_survivor(
     tmp_path: Path, fmnist_root: Path
 ) -> None:

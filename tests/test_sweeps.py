@@ -167,6 +167,7 @@ def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
     assert "run the same command again to retry them" in output(second)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_sampler_screen_trains_up_to_n_trials_and_continues_on_rerun(workdir):
     args = [*common_args(workdir), "sweep=tpe", "sweep.name=tpe", "backbone=mlp", "head=fc"]
     args += ["sweep.screen.max_epochs=1", "dataset.image_size=16"]
@@ -220,6 +221,7 @@ def test_full_stage_can_fine_tune_the_winners_with_a_smaller_learning_rate(workd
     assert {r.data.params["backbone.freeze"] for r in kids} == {"0"}
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_changed_fixed_setting_starts_a_new_study_and_the_same_settings_resume(workdir):
     args = [*common_args(workdir), "sweep.name=fixed", "backbone=mlp", "head=fc"]
     args += ["optimizer.lr=0.01,0.001", "backbone.hidden=8"]

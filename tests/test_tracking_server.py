@@ -68,6 +68,7 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
     tmp_path: Path,
 ) -> None:
