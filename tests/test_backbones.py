@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_sweeps.models import backbones
+from fashion_sweeps.models import backbones, scratch_backbones
 from fashion_sweeps.models.backbones import WeightsUnavailableError
 
 TORCHVISION = ["mobilenet_v2", "vgg16", "resnet18", "resnet50"]
@@ -18,13 +18,16 @@ SCRATCH = ["simple_cnn", "fmnist_cnn", "mlp"]
 @pytest.mark.parametrize("name", TORCHVISION + SCRATCH)
 def test_every_backbone_gives_pooled_features(name: str) -> None:
     channels = 3 if name in TORCHVISION else 1
-    backbone = getattr(backbones, name)(in_channels=channels, image_size=32)
+    module = backbones if name in TORCHVISION else scratch_backbones
+    backbone = getattr(module, name)(in_channels=channels, image_size=32)
     features = backbone.eval()(torch.rand(2, backbone.in_channels, 32, 32))
     assert features.shape == (2, backbone.out_features)
 
 
 def test_simple_cnn_widths_set_the_blocks_and_halve_the_image_each() -> None:
-    backbone = backbones.simple_cnn(image_size=64, widths=[4, 8, 8, 8, 16], convs=[1, 1, 1, 1, 2])
+    backbone = scratch_backbones.simple_cnn(
+        image_size=64, widths=[4, 8, 8, 8, 16], convs=[1, 1, 1, 1, 2]
+    )
     assert len(backbone.blocks) == 5  # freezing counts these
     x = torch.rand(2, 3, 64, 64)
     for block in backbone.blocks:
@@ -32,14 +35,16 @@ def test_simple_cnn_widths_set_the_blocks_and_halve_the_image_each() -> None:
     assert x.shape == (2, 16, 2, 2)
     assert backbone(torch.rand(2, 3, 64, 64)).shape == (2, backbone.out_features)
     with pytest.raises(backbones.ImageSizeError, match="each of its 5 blocks halves the image"):
-        backbones.simple_cnn(image_size=16, widths=[4, 4, 4, 4, 4])
+        scratch_backbones.simple_cnn(image_size=16, widths=[4, 4, 4, 4, 4])
 
 
 def test_simple_cnn_residual_blocks_add_their_input_after_the_pool() -> None:
-    backbone = backbones.simple_cnn(image_size=16, width=4, convs=[1, 3, 1, 1], residual=True)
+    backbone = scratch_backbones.simple_cnn(
+        image_size=16, width=4, convs=[1, 3, 1, 1], residual=True
+    )
     block = backbone.blocks[1]
     skip = block[-1]
-    assert isinstance(skip, backbones.Residual)
+    assert isinstance(skip, scratch_backbones.Residual)
     assert isinstance(block[-2], torch.nn.MaxPool2d)  # the skip's convolutions run at half size
     x = torch.rand(2, 4, 8, 8)
     pooled = block[:-1](x)
@@ -48,27 +53,27 @@ def test_simple_cnn_residual_blocks_add_their_input_after_the_pool() -> None:
     torch.nn.init.zeros_(skip.body[-2].bias)
     torch.testing.assert_close(block(x), pooled)
     # One convolution per block: nothing to go around, the plain block.
-    assert not any(isinstance(m, backbones.Residual) for m in backbone.blocks[0].modules())
+    assert not any(isinstance(m, scratch_backbones.Residual) for m in backbone.blocks[0].modules())
 
 
 def test_simple_cnn_residual_with_batchnorm_builds_down_to_1x1_maps() -> None:
     # The last skip branch sees 1x1 maps at 16 px: sizing the dense layer must not train BN.
-    backbone = backbones.simple_cnn(
+    backbone = scratch_backbones.simple_cnn(
         image_size=16, width=4, batchnorm=True, convs=[1, 1, 1, 3], residual=True
     )
     assert backbone.train()(torch.rand(2, 3, 16, 16)).shape == (2, 512)
 
 
 def test_simple_cnn_global_pooling_takes_any_image_size() -> None:
-    flat = backbones.simple_cnn(image_size=32, width=4)
-    pooled = backbones.simple_cnn(image_size=32, width=4, pool="avg")
+    flat = scratch_backbones.simple_cnn(image_size=32, width=4)
+    pooled = scratch_backbones.simple_cnn(image_size=32, width=4, pool="avg")
     assert pooled.tail[2].in_features == 16 < flat.tail[1].in_features
     for size in (32, 48):
         assert pooled.eval()(torch.rand(2, 3, size, size)).shape == (2, 512)
     with pytest.raises(RuntimeError):
         flat.eval()(torch.rand(2, 3, 48, 48))
     with pytest.raises(ValueError, match="flatten, avg or max"):
-        backbones.simple_cnn(pool="mean")
+        scratch_backbones.simple_cnn(pool="mean")
 
 
 def _grads_after_step(backbone: backbones.Backbone) -> dict[str, bool]:
@@ -145,7 +150,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_scratch_backbones_have_no_pretrained_weights() -> None:
     with pytest.raises(WeightsUnavailableError, match="from-scratch"):
-        backbones.simple_cnn(pretrained=True)
+        scratch_backbones.simple_cnn(pretrained=True)
 
 
 def test_partial_fine_tuning_changes_only_the_unfrozen_blocks() -> None:

@@ -24,7 +24,7 @@ CLASSES = ["Dress", "Pants", "Shoes"]
 def tiny_module(channels: int = 3, size: int = 16) -> ClassifierModule:
     torch.manual_seed(0)
     backbone = OmegaConf.create(
-        {"_target_": "fashion_sweeps.models.backbones.simple_cnn", "width": 4}
+        {"_target_": "fashion_sweeps.models.scratch_backbones.simple_cnn", "width": 4}
     )
     # BatchNorm + dropout in the head: a pyfunc that forgot eval mode would differ.
     head = OmegaConf.create({"_target_": "fashion_sweeps.models.heads.batchnorm"})
