@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fashion_sweeps.console_log import log_to_stderr
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
 from fashion_sweeps.redact import redact
@@ -251,11 +252,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
     from fashion_sweeps.tracking.store import open_tool_store
 
+    problem = check_writable(args.out)  # before a long walk through the folders
+    if problem:
+        print(
+            f"fashion-sweeps predict: cannot write {args.out} ({problem}). Give --out a CSV file "
+            "name in a folder you can write to, e.g. --out predictions.csv.",
+            file=sys.stderr,
+        )
+        return 1
     files, passed_over = find_images(args.paths)
     if passed_over:
         log.info(
@@ -266,14 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"fashion-sweeps predict: no image files in {args.paths}.", file=sys.stderr)
         return 2
-    problem = check_writable(args.out)
-    if problem:
-        print(
-            f"fashion-sweeps predict: cannot write {args.out} ({problem}). Give --out a CSV file "
-            "name in a folder you can write to, e.g. --out predictions.csv.",
-            file=sys.stderr,
-        )
-        return 1
     try:
         client = open_tool_store(args.tracking_uri)
         model, channels, size = load_tagging_model(args.model)

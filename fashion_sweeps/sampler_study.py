@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_sweeps import markdown
 from fashion_sweeps.config import CONF_DIR, condition_key
+from fashion_sweeps.console_log import STUDY_FORMAT, log_to_stderr
 from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.train import train
 
@@ -162,10 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    # force: importing mlflow.pytorch already called basicConfig(level=ERROR), hiding our log.
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", force=True
-    )
+    log_to_stderr(STUDY_FORMAT)
     try:
         run_study(args)
     except HydraException as err:

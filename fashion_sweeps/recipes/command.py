@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fashion_sweeps.config import CONF_DIR, project_dir
+from fashion_sweeps.console_log import STUDY_FORMAT, log_to_stderr
 from fashion_sweeps.recipes.catalogue import Recipe, ResultsError, load_recipes, recipe_names
 from fashion_sweeps.recipes.page import PROG, write_page
 
@@ -148,9 +149,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", force=True
-    )
+    log_to_stderr(STUDY_FORMAT)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from hydra.errors import HydraException
 

@@ -28,6 +28,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
+from fashion_sweeps.console_log import log_to_stderr
 from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.paths import folder_name
 from fashion_sweeps.redact import redact
@@ -399,7 +400,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
