@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 FS     := $(BIN)/fashion-sweeps
+# pytest processes for `make test` (whole test files each; every one loads torch: ~1 GB apiece).
+TEST_WORKERS ?= 2
 
 # Data for the sweep targets: `make sweep DATASET=clothing ROOT=../shared/data/clothing`, or a
 # recipe (conf/experiment/), which names its data set: `make sweep EXPERIMENT=product_screen ROOT=...`.
@@ -32,11 +34,11 @@ install:  ## create .venv and install the package (editable) with its test tools
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e ".[test,dashboard,postgres]"
 
-test:  ## the test suite (offline, CPU, tiny data; about 25 minutes on 2 cores)
-	$(BIN)/pytest -q
+test:  ## the test suite (offline, CPU, tiny data; about 7 minutes on 2 cores; TEST_WORKERS=2)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-slow:  ## also the long checks on real data in ../shared/data
-	$(BIN)/pytest -q -m "slow or not slow"
+test-slow:  ## also the long checks (real data in ../shared/data, the whole demo, killed workers)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 test-cluster:  ## the cluster tests on a local SLURM and PostgreSQL (as root: .ci/cluster up first)
 	$(BIN)/pytest -q -m "cluster and not slow"
