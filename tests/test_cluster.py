@@ -262,7 +262,6 @@ def release_requeued(job: str, proc: subprocess.Popen) -> None:
     slurm("scontrol", "update", f"jobid={job}", "starttime=now")
 
 
-@pytest.mark.slow  # ~1.5-2 min each: `make test-slow`, beside the CI budget
 def test_a_run_requeued_by_slurm_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
@@ -316,7 +315,6 @@ def submit_worker(tmp_path: Path, args: list[str], *, wait: bool) -> subprocess.
     )  # fmt: skip
 
 
-@pytest.mark.slow  # ~1.5-2 min each: `make test-slow`, beside the CI budget
 def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
     cluster: dict[str, str], database: Callable[[], str], tmp_path: Path
 ) -> None:
