@@ -46,6 +46,12 @@ def bare_loop(cfg: DictConfig) -> float:
             continue
         images += len(y)
         last_end = time.perf_counter()
+    if last_end is None:
+        raise ValueError(
+            f"The fine-tuning bench times the batches after the first, and the training split "
+            f"makes only one batch of {cfg.dataset.batch_size}: give more images (--images) "
+            "or leave the fine-tuning bench out (--only data,screen)."
+        )
     return images / (last_end - first_end)
 
 

@@ -43,13 +43,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, default=500, help="photos in the bench data set")
     parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
-    parser.add_argument("--backbone", default="mobilenet_v2", help="the screen's frozen backbone")
+    parser.add_argument(
+        "--backbone", default="efficientnet_lite0", help="the screen's frozen backbone"
+    )
     parser.add_argument("--heads", default="fc,batchnorm", help="the screen's heads")
     parser.add_argument("--optimizers", default="adam,sgd", help="the screen's optimizers")
     parser.add_argument("--lrs", default="0.1,0.01,0.001", help="the screen's learning rates")
     parser.add_argument("--epochs", type=int, default=3, help="screen epochs per condition")
     parser.add_argument("--load-epochs", type=int, default=3, help="passes in the data bench")
-    parser.add_argument("--finetune-backbone", default="mobilenet_v2")
+    parser.add_argument("--finetune-backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=2, help="fine-tuning attempts per side")
     parser.add_argument(
         "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
