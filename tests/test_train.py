@@ -240,6 +240,22 @@ def test_a_run_carries_mlflows_context_tags_data_inputs_and_system_metrics(
     assert any(key.startswith("system/cpu") for key in run.data.metrics)
 
 
+def test_a_run_shorter_than_the_sampling_interval_still_has_system_metrics(
+    make_cfg, clothing_root
+) -> None:
+    """The demo's runs last a few seconds, under the default 10 s interval: the monitor's
+    last sample is logged when the run ends, so the System metrics tab is never empty."""
+    cfg = make_cfg(
+        "dataset=clothing",
+        f"dataset.root={clothing_root}",
+        *TINY,
+        "tracking.system_metrics_s=600",
+    )
+    train(cfg)
+    _, run = only_run(cfg)
+    assert any(key.startswith("system/cpu") for key in run.data.metrics)
+
+
 def cli_train(tmp_path: Path, *args: str) -> tuple[int, str]:
     """`fashion-sweeps train ARGS` in a subprocess: its exit code and everything it printed."""
     result = fashion_sweeps(

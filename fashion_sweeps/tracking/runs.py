@@ -340,6 +340,7 @@ class TrackedRun:
             yield
         finally:
             monitor.finish()
+            _log_last_sample(monitor)
 
     def lightning_logger(self):
         """Lightning's MLflow logger, writing per-epoch metrics into this run."""
@@ -352,3 +353,15 @@ class TrackedRun:
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )
+
+
+def _log_last_sample(monitor: Any) -> None:
+    """MLflow's monitor drops the samples taken since its last log when it stops, so a run
+    shorter than one interval (the demo's take seconds) had no system metrics at all."""
+    try:
+        metrics = monitor.aggregate_metrics()
+        if metrics:
+            monitor.publish_metrics(metrics)
+            monitor.mlflow_logger.flush()
+    except Exception as err:  # a statistic of the machine is never worth a failed run
+        log.warning("The last system-metrics sample was not logged: %s", err)
