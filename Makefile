@@ -41,7 +41,7 @@ test-slow:  ## also the long checks (real data in ../shared/data, the whole demo
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 test-cluster:  ## the cluster tests on a local SLURM and PostgreSQL (as root: .ci/cluster up first)
-	$(BIN)/pytest -q -m cluster
+	$(BIN)/pytest -q -m "cluster and not slow"
 
 lint:  ## ruff lint and format check
 	$(BIN)/ruff check .

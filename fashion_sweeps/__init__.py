@@ -22,3 +22,22 @@ def _gpus_per_task(accelerator: str) -> int | None:
 
 # `${fashion_sweeps_gpus_per_task:${trainer.accelerator}}` in conf/hydra/launcher/slurm.yaml.
 OmegaConf.register_resolver("fashion_sweeps_gpus_per_task", _gpus_per_task, replace=True)
+
+
+def _native_resolution(target: str) -> int:
+    """The resolution a backbone's pretrained weights were trained at (Lite0 224, Lite2 260,
+    torchvision's 224), from its builder, before anything is built or downloaded."""
+    from hydra.utils import get_method
+
+    size = getattr(get_method(target), "native_resolution", None)
+    if size is None:
+        raise ValueError(
+            f"The backbone {target} has no native resolution (no pretrained weights of a fixed "
+            "size): give dataset.image_size as a number of pixels."
+        )
+    return int(size)
+
+
+# `dataset.image_size: ${fashion_sweeps_native_resolution:${backbone._target_}}`: each swept
+# backbone at its weights' resolution (conf/experiment/clothing_screen.yaml).
+OmegaConf.register_resolver("fashion_sweeps_native_resolution", _native_resolution, replace=True)

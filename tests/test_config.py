@@ -69,6 +69,22 @@ def test_every_recipe_composes(make_cfg, experiment: str) -> None:
     assert cfg.trainer.max_epochs >= 1
 
 
+@pytest.mark.parametrize(
+    "backbone,size", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260), ("resnet18", 224)]
+)
+def test_the_clothing_screen_runs_each_backbone_at_its_weights_resolution(
+    make_cfg, backbone: str, size: int
+) -> None:
+    cfg = make_cfg("experiment=clothing_screen", f"backbone={backbone}")
+    assert cfg.dataset.image_size == size
+
+
+def test_a_backbone_without_weights_has_no_native_resolution_to_follow(make_cfg) -> None:
+    cfg = make_cfg("experiment=clothing_screen", "backbone=mlp")
+    with pytest.raises(Exception, match="give dataset.image_size as a number of pixels"):
+        _ = cfg.dataset.image_size
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_recipe_composes_as_a_sweep_stage(make_cfg, experiment: str) -> None:
     """`fashion-sweeps screen|full experiment=NAME`: the recipe is merged after `sweep=grid`."""

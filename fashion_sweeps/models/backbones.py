@@ -126,10 +126,14 @@ class Backbone(nn.Module):
 Make = Callable[[bool, str | None, bool | int], Backbone]
 
 
-def builder(name: str, make: Make, doc: str, pretrained: bool = False) -> Callable[..., Backbone]:
+def builder(
+    name: str, make: Make, doc: str, pretrained: bool = False, resolution: int | None = None
+) -> Callable[..., Backbone]:
     """The function a conf/backbone/ file names (`_target_: <module>.<name>`) for a network of
     fixed shape: `make(pretrained, weights_path, freeze)`. Like every builder it accepts the sizes
-    given to all of them (`in_channels`, `image_size`), which such a network does not need."""
+    given to all of them (`in_channels`, `image_size`), which such a network does not need.
+    `resolution`: its weights' native one, which a config can ask for before anything is built
+    (`${fashion_sweeps_native_resolution:${backbone._target_}}`)."""
 
     def build(
         pretrained: bool = pretrained,
@@ -142,6 +146,7 @@ def builder(name: str, make: Make, doc: str, pretrained: bool = False) -> Callab
     # Found by Hydra, pickled and shown under its own name, in the module that defines `make`.
     build.__module__, build.__name__, build.__qualname__ = make.__module__, name, name
     build.__doc__ = doc
+    build.native_resolution = resolution  # type: ignore[attr-defined]
     return build
 
 
@@ -224,7 +229,7 @@ def _torchvision(
         info = torchvision_weights_info(name) if pretrained or weights_path else None
         return backbone.finish(freeze, info)
 
-    return builder(name, make, doc)
+    return builder(name, make, doc, resolution=torchvision_weights_info(name).resolution)
 
 
 def _vgg_stages(model: nn.Module) -> list[nn.Module]:

@@ -113,7 +113,13 @@ def _lite(version: int, parameters: float) -> Callable[..., Backbone]:
         f"EfficientNet-Lite{version} ({parameters} M parameters, 1280 features, native {native} "
         "px): 9 blocks."
     )
-    return builder(f"efficientnet_lite{version}", make, doc, pretrained=True)
+    return builder(
+        f"efficientnet_lite{version}",
+        make,
+        doc,
+        pretrained=True,
+        resolution=LITE_WEIGHTS[version].resolution,
+    )
 
 
 efficientnet_lite0 = _lite(0, 4.7)
