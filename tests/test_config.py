@@ -81,7 +81,7 @@ def test_the_clothing_screen_runs_each_backbone_at_its_weights_resolution(
 
 def test_a_backbone_without_weights_has_no_native_resolution_to_follow(make_cfg) -> None:
     cfg = make_cfg("experiment=clothing_screen", "backbone=mlp")
-    with pytest.raises(Exception, match="give dataset.image_size as a number of pixels"):
+    with pytest.raises(Exception, match=r"give dataset\.image_size as a number of pixels"):
         _ = cfg.dataset.image_size
 
 

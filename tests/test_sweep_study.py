@@ -117,3 +117,18 @@ def test_a_study_is_identified_by_every_setting_that_changes_a_result(make_cfg):
     changed = ["dataset.image_size=32", "sweep.screen.max_epochs=2", "backbone.freeze=true"]
     for setting in [*changed, "seed=7", "label_smoothing=0.1"]:
         assert settings(setting) != same, setting
+
+
+def test_a_setting_computed_from_the_swept_backbone_is_part_of_the_studys_identity(make_cfg):
+    """`dataset.image_size: ${fashion_sweeps_native_resolution:${backbone._target_}}` differs from
+    one condition to the next: the identity records the expression, not the value it takes for
+    the base config's backbone (which equals a fixed 224 and would resume a 224-px study)."""
+    swept = ["backbone"]
+    native = "dataset.image_size='${fashion_sweeps_native_resolution:${backbone._target_}}'"
+
+    def settings(*fixed: str) -> dict:
+        cfg = make_cfg("sweep=tiny", "sweep.stage=screen", "backbone=efficientnet_lite0", *fixed)
+        return sweep_settings(cfg, swept, list(fixed))
+
+    assert settings(native) != settings("dataset.image_size=224")
+    assert settings(native) == settings(native)

@@ -17,11 +17,11 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import optuna
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_sweeps.settings import changes_result, differences, result_settings
 from fashion_sweeps.sweeps.study import load_study
-from fashion_sweeps.tracking.runs import config_params
+from fashion_sweeps.tracking.runs import config_params, flatten
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,28 @@ def sweep_settings(
         cfg.sweep.stage = stage
     composed = result_settings(config_params(cfg))
     settings = {k: v for k, v in composed.items() if not _under(k, swept)}
+    settings.update(_computed_from_swept(cfg, swept))
     for line in fixed:
         key, _, value = line.partition("=")
         key = key.lstrip("+~")
         if _under(key, swept) and key not in swept and changes_result(key):
             settings[key] = value
     return dict(sorted(settings.items()))
+
+
+def _computed_from_swept(cfg: DictConfig, swept: list[str]) -> dict[str, str]:
+    """Settings whose value is an interpolation of a swept key (`dataset.image_size:
+    ${fashion_sweeps_native_resolution:${backbone._target_}}`), as their expression: resolved,
+    they would show only the base config's condition, the same as a fixed value."""
+    raw = dict(flatten(OmegaConf.to_container(cfg, resolve=False)))
+    return {
+        key: value
+        for key, value in raw.items()
+        if isinstance(value, str)
+        and any(f"${{{s}}}" in value or f"${{{s}." in value for s in swept)
+        and changes_result(key)
+        and not _under(key, swept)
+    }
 
 
 def settings_id(settings: Mapping[str, str]) -> str:
