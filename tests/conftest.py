@@ -42,12 +42,15 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def fashion_sweeps(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`fashion-sweeps ARGS` as a user runs it, in a subprocess from `cwd`, never reporting to a
-    tracking server of the user's; with `check`, a non-zero exit fails with its output."""
+def fashion_sweeps(
+    cwd: Path, *args: str, check: bool = True, module: str = "fashion_sweeps.cli"
+) -> subprocess.CompletedProcess:
+    """`fashion-sweeps ARGS` as a user runs it (or `python -m <module> ARGS`: Hydra's own entry
+    point is `fashion_sweeps.train`), in a subprocess from `cwd`, never reporting to a tracking
+    server of the user's; with `check`, a non-zero exit fails with its output."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_sweeps.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
-from conftest import write_clothing
+from conftest import fashion_sweeps, write_clothing
 
 
 def train_app(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m fashion_sweeps.train ...`: Hydra's entry point, not `fashion-sweeps`."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, "-m", "fashion_sweeps.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return fashion_sweeps(cwd, *args, check=False, module="fashion_sweeps.train")
 
 
 def test_hydra_lists_the_stages_sweeper_among_its_plugins(tmp_path: Path) -> None:
