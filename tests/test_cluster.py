@@ -4,14 +4,14 @@ one PostgreSQL study, an MLflow server over a PostgreSQL store, a run requeued b
 killed by scancel whose condition a later worker trains.
 
 Marked `cluster`; they run as root (the script installs and starts the daemons), else they are
-skipped. Tiny on purpose: the bundled sample at 16 px, 1 epoch, 1 CPU per job. The requeue and
-scancel tests are also `slow` (`make test-slow`): CI runs the other two, ~4 minutes.
+skipped. Tiny on purpose: the bundled sample at 16 px, 1 epoch, 1 CPU per job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -171,20 +171,51 @@ def connections(url: str) -> int:
         conn.close()
 
 
+OPEN_AT_ONCE = """
+import sys, time
+from fashion_sweeps.sweeps.storage import open_storage
+
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+open_storage(sys.argv[1])
+print("open", flush=True)
+time.sleep(30)
+"""
+
+
+def test_workers_opening_a_fresh_postgresql_study_together_hold_no_more_than_their_pools(
+    cluster: dict[str, str], database: Callable[[], str]
+) -> None:
+    """Workers started together race to create Optuna's schema: every one opens the study, and
+    none keeps a second pool from a lost attempt (3-4 connections each before)."""
+    url, start = database(), time.time() + 3
+    command = [sys.executable, "-c", OPEN_AT_ONCE, url, str(start)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(command, env=job_env(Path.cwd()), **pipes) for _ in range(4)]
+    try:
+        peak = 0
+        while not all(select.select([p.stdout], [], [], 0)[0] for p in procs):
+            assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+            peak = max(peak, connections(url))
+            time.sleep(0.05)
+        assert [p.stdout.readline() for p in procs] == ["open\n"] * len(procs)
+        assert max(peak, connections(url)) <= 2 * len(procs)  # a pool of two each (storage.py)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 ARRAY_SCRIPT = """#!/bin/bash
 #SBATCH --job-name=screen --array=0-1 --cpus-per-task=1
 #SBATCH --mem=2G --time=00:15:00 --requeue
 #SBATCH --output={out}/slurm-%A_%a.out
 cd {out}
-{python} -m fashion_sweeps.cli screen {screen} sweep.name=pg \\
+exec {python} -m fashion_sweeps.cli screen {screen} sweep.name=pg \\
     hydra.sweeper.storage={storage} \\
     tracking.uri={tracking}
 """
 
 
-# Not yet a CI gate (issue 19): one run in three here peaked at 6 connections, not 4, when the
-# workers raced to create Optuna's schema and the loser's first pool lingered (storage.py).
-@pytest.mark.slow
 def test_two_workers_of_an_sbatch_array_share_a_postgresql_study_and_tracking_server(
     cluster: dict[str, str],
     database: Callable[[], str],
@@ -303,8 +334,14 @@ WORKER_SCRIPT = """#!/bin/bash
 #SBATCH --job-name=worker --cpus-per-task=1 --mem=2G --time=00:15:00
 #SBATCH --output={out}/slurm-%j.out
 cd {out}
-{python} -m fashion_sweeps.cli screen {args}
+exec {python} -m fashion_sweeps.cli screen {args}
 """
+
+
+def worker_alive(marker: str) -> bool:
+    """Whether a process with `marker` in its command line still runs: SLURM may drop a job from
+    squeue before its processes have exited."""
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
 
 
 def submit_worker(tmp_path: Path, args: list[str], *, wait: bool) -> subprocess.CompletedProcess:
@@ -318,9 +355,6 @@ def submit_worker(tmp_path: Path, args: list[str], *, wait: bool) -> subprocess.
     )  # fmt: skip
 
 
-# Not yet a CI gate (issue 19): a SIGTERM landing inside an MLflow write can leave the killed
-# worker's SQLite write lock held while it shuts down, and the later worker's writes time out.
-@pytest.mark.slow
 def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
     cluster: dict[str, str], database: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -338,7 +372,8 @@ def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
         assert time.monotonic() < deadline, "the first worker never reached a checkpoint"
         time.sleep(1)
     slurm("scancel", first)
-    while slurm("squeue", "-h", "-j", first, "-o", "%T"):
+    while slurm("squeue", "-h", "-j", first, "-o", "%T") or worker_alive("sweep.name=kill"):
+        assert time.monotonic() < deadline + 60, "the killed worker did not exit"
         time.sleep(1)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")

@@ -83,3 +83,80 @@ def test_a_sweep_stopped_with_sigterm_exits_143_before_the_next_stage(tmp_path: 
     assert load_study(storage, "clothing_sample-tiny/full") is None  # the full stage never began
     parent = next(r for r in runs(tmp_path / "mlruns") if r.data.tags.get("run_kind") == "stage")
     assert parent.info.status == "KILLED"
+
+
+# A scheduler's SIGTERM lands wherever the process is, often inside an MLflow write. It must not
+# cut that write (a SQLite write lock left held made the next worker's writes time out): the run
+# stops at the next batch boundary instead.
+SIGTERM_INSIDE_A_WRITE = """
+import os, signal, sys
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+original = SqlAlchemyStore.log_batch
+metric_writes = []
+
+def log_batch(self, *args, **kwargs):
+    metric_writes.append(bool(kwargs.get("metrics") or args[1:2] and args[1]))
+    if sum(metric_writes) == 2 and metric_writes[-1]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        done = original(self, *args, **kwargs)
+        print("the write in progress completed", flush=True)
+        return done
+    return original(self, *args, **kwargs)
+
+SqlAlchemyStore.log_batch = log_batch
+from fashion_sweeps.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_inside_an_mlflow_write_lets_the_write_finish_then_stops(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_INSIDE_A_WRITE, "train", *TINY, "trainer.max_epochs=50",
+         "trainer.patience=50", "trainer.progress=lines", f"tracking.dir={tmp_path / 'mlruns'}",
+         "tracking.log_model=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    shown = done.stdout + done.stderr
+    assert done.returncode == 143, shown[-3000:]
+    assert "the write in progress completed" in shown, shown[-3000:]
+    assert "database is locked" not in shown
+    (run,) = runs(tmp_path / "mlruns")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted (SIGTERM)")
+    assert run.data.metrics.get("epochs_run", 0) < 50
+
+
+SIGTERM_TWICE = """
+import os, signal, sys, time
+from fashion_sweeps import interrupts
+
+interrupts.install()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.1)  # the handler has run: asked to stop, not stopped
+print("after one:", interrupts.stop_requested(), flush=True)
+child = os.fork()
+if child == 0:  # a forked worker (decoding pool) never calls check(): it stops at once
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        os._exit(0)
+    except KeyboardInterrupt:
+        os._exit(7)
+print("child:", os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), flush=True)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except KeyboardInterrupt as err:
+    print("after two:", err, interrupts.exit_code(), flush=True)
+"""
+
+
+def test_a_first_sigterm_asks_to_stop_and_a_second_stops_at_once() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_TWICE], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["after one: True", "child: 7", "after two: SIGTERM 143"], (
+        done.stdout + done.stderr
+    )

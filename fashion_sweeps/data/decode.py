@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def _gather(parts: Iterable[list[np.ndarray | str]], total: int) -> list[np.ndar
     progress = ProgressLines(log)
     results: list[np.ndarray | str] = []
     for part in parts:
+        interrupts.check()
         results += part
         left = (time.perf_counter() - progress.start) / len(results) * (total - len(results))
         progress.update(f"Decoding images: {len(results)}/{total}", len(results), left)

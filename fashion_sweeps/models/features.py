@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.data.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
 from fashion_sweeps.models.classifier import Classifier
@@ -91,6 +92,7 @@ def pooled_features(model: Classifier, pixels: np.ndarray, batch_size: int) -> n
         out = np.empty((len(pixels), model.backbone.out_features), dtype=np.float32)
         progress = ProgressLines(log)
         for start in range(0, len(pixels), batch_size):
+            interrupts.check()
             batch = np.ascontiguousarray(pixels[start : start + batch_size])
             x = torch.from_numpy(batch).permute(0, 3, 1, 2)
             out[start : start + len(x)] = model.backbone(model.preprocess(x)).float().numpy()

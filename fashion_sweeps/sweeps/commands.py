@@ -76,6 +76,7 @@ def run_stage(stage: str, args: list[str]) -> None:
     sys.argv = [program, *stage_argv(stage, args)]
     interrupts.install()
     try:
+        interrupts.check()  # asked to stop during the stage before: do not begin this one
         train_app()
     except KeyboardInterrupt:
         # The sweeper has already recorded the interruption; no traceback for a Ctrl-C. A

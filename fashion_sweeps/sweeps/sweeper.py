@@ -30,6 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.paths import check_name
@@ -337,6 +338,7 @@ class StageSweep:
         planned = launched = crashed = 0
         seconds: list[float] = []  # per condition launched by this invocation
         while planned < total:
+            interrupts.check()  # a SIGTERM during the last condition: stop before the next
             size = min(self.n_jobs, total - planned)
             batch = size if isinstance(todo, int) else todo[planned : planned + size]
             planned += size

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
 
-from fashion_sweeps import run_folder
+from fashion_sweeps import interrupts, run_folder
 from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,28 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 # EMA (ema_averaging): the test loads the best checkpoint, whose weights are already the average.
 warnings.filterwarnings("ignore", message=r".*WeightAveraging callback, but loading a checkpoint.*")
+
+
+class StopWhenAsked(Callback):
+    """Stop at a batch boundary once a SIGTERM asked to (interrupts.py): nothing is half
+    written there. When Lightning's own SIGTERM handler saw it, Lightning stops instead, on
+    every DDP process at the same batch."""
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if not trainer.received_sigterm:
+            interrupts.check()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_test_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_predict_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
 
 
 class TrainerConfigError(ValueError):
@@ -159,6 +181,7 @@ def build_trainer(
         last_checkpoint(run_folder.checkpoints(output_dir)),
         # check_finite: a NaN val_loss stops the run rather than training on for nothing.
         EarlyStopping(monitor="val_loss", mode="min", patience=patience, check_finite=True),
+        StopWhenAsked(),
         *(callbacks or []),
     ]
     if ema_decay is not None:
