@@ -226,6 +226,9 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
         "--synthetic",
         "--images=200",  # the fine-tuning bench times batches after the first: it needs two
         "--image-size=16",
+        # Two backbones, the uncached screen on one condition of each: extrapolated.
+        "--backbone=efficientnet_lite0,efficientnet_lite2",
+        "--uncached-conditions=1",
         "--epochs=1",
         "--heads=fc",
         "--optimizers=adam",
@@ -239,7 +242,13 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["screen"]["conditions"] == 2 and results["screen"]["same_ranking"]
+    screen = results["screen"]
+    assert (screen["conditions"], screen["conditions_uncached"]) == (4, 2)
+    assert screen["extrapolated"] and screen["uncached_s"] > screen["uncached_measured_s"]
+    assert screen["same_ranking"] and screen["compared_conditions"] == 2
+    assert set(screen["floor"]["per_backbone"]) == {"efficientnet_lite0", "efficientnet_lite2"}
+    assert screen["floor"]["total_s"] > 0 and screen["teardown_cached"]["trials"] == 4
+    assert "extrapolated from 2 of 4 conditions" in done.stdout
     assert results["data"]["cache_status"] == ["miss", "hit"]
     assert results["finetune"]["ratio"] > 0 and results["profile"]["steps"]
     assert "| 2. Data loading" in done.stdout
