@@ -164,13 +164,21 @@ def extrapolation_lines(screen: dict[str, Any]) -> list[str]:
         f"x {b['conditions']} conditions"
         for backbone, b in full["per_backbone"].items()
     )
-    return [
+    lines = [
         f"- Uncached screen **extrapolated from {full['measured_conditions']} of "
         f"{full['conditions']} conditions**: measured {_num(full['measured_s'])} s, plus each "
         f"condition not run at its backbone's measured time (wall minus the photos' one-off "
         f"decode) and the launcher's gap ({_num(full['gap_s'], 2)} s): {parts}; "
         f"= {_num(full['total_s'])} s. The screen ratio is therefore an estimate."
     ]
+    unfinished = [c for b in full["per_backbone"].values() for c in b.get("unfinished", [])]
+    if unfinished:
+        lines[0] += (
+            f" **Caution**: sampled condition(s) {', '.join(unfinished)} did not finish "
+            "(diverged or failed: stopped early), so the extrapolation is too low; sample others "
+            "(reorder `--heads`, `--optimizers`, `--lrs`)."
+        )
+    return lines
 
 
 def floor_lines(screen: dict[str, Any]) -> list[str]:

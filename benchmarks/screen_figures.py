@@ -89,6 +89,8 @@ def extrapolate(
             "measured": len(runs),
             "conditions": grid,
             "per_condition_s": per_condition,
+            # A diverged (or failed) condition stops early: a time per condition too short.
+            "unfinished": [t["condition"] for t in runs if t.get("status") != "finished"],
         }
     return {
         "measured_conditions": len(sampled),

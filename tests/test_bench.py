@@ -127,7 +127,12 @@ def test_the_uncached_sample_is_a_sub_grid_of_the_first_values() -> None:
 
 
 def trial(backbone: str, wall: float, **metrics: float | str | None) -> dict:
-    record = {"condition": f"{backbone}/fc/adam/{wall}", "backbone": backbone, "wall_s": wall}
+    record = {
+        "condition": f"{backbone}/fc/adam/{wall}",
+        "backbone": backbone,
+        "status": "finished",
+        "wall_s": wall,
+    }
     return record | {
         "startup_s": None,
         "teardown_s": None,
@@ -214,6 +219,12 @@ def test_an_extrapolated_screen_says_so_in_the_table(tmp_path: Path) -> None:
     assert "**extrapolated from 2 of 4 conditions**" in text
     assert "lite2 50.0 s a condition (measured on 1) x 2 conditions" in text
     assert "lite0: forward pass 28.0 s + 2 head trainings 7.5 s" in text
+    assert "Caution" not in text
+    # A sampled condition that diverged stopped early: the extrapolation says it is too low.
+    sampled[1]["status"] = "diverged"
+    data["screen"].update(figures.summary(1000.0, 165.75, sampled, cached, gap_s=1.0))
+    text = report.write(data, tmp_path).read_text()
+    assert "**Caution**: sampled condition(s) lite2/fc/adam/50.0 did not finish" in text
 
 
 @pytest.mark.slow
