@@ -1,6 +1,6 @@
-"""`make bench ARGS="--images N --image-size PX ..."` (`python -m benchmarks.run ...`): run the four
-benches side by side on the same data and write benchmarks/results.json and results.md (also
-printed).
+"""`make bench ARGS="--size real"` or `ARGS="--images N --image-size PX ..."` (`python -m
+benchmarks.run ...`): run the four benches side by side on the same data and write
+benchmarks/results.json and results.md (also printed). Named sizes: sizes.py.
 
 Results are written after every bench, so an interrupted or failed bench keeps what it measured.
 """
@@ -21,31 +21,26 @@ from typing import Any
 
 import torch
 
-from benchmarks import report
+from benchmarks import report, sizes
 from benchmarks.finetune import finetune_bench
 from benchmarks.loading import loading_bench
 from benchmarks.profile import profile_trial
-from benchmarks.screen import ScreenSettings, screen_bench
+from benchmarks.screen import ScreenSettings, image_size_override, screen_bench
 from benchmarks.workspace import bench_cfg, bench_data
 
 log = logging.getLogger(__name__)
 
-BENCHES = ("data", "finetune", "screen")
 # Results are written beside the benchmarks' code (results.json, results.md; git ignores them).
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
         "side by side (see README, `make bench`).",
     )
-    parser.add_argument("--images", type=int, default=500, help="photos in the bench data set")
-    parser.add_argument("--image-size", type=int, default=128, help="pixels per side")
-    parser.add_argument(
-        "--backbone", default="efficientnet_lite0", help="the screen's frozen backbone"
-    )
+    sizes.add_size_arguments(parser)
     parser.add_argument("--heads", default="fc,batchnorm", help="the screen's heads")
     parser.add_argument("--optimizers", default="adam,sgd", help="the screen's optimizers")
     parser.add_argument("--lrs", default="0.1,0.01,0.001", help="the screen's learning rates")
@@ -53,35 +48,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--load-epochs", type=int, default=3, help="passes in the data bench")
     parser.add_argument("--finetune-backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=2, help="fine-tuning attempts per side")
-    parser.add_argument(
-        "--only", default=",".join(BENCHES), help=f"comma-separated subset of {BENCHES}"
-    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
     )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    args = parser.parse_args(argv)
-    unknown = set(args.only.split(",")) - set(BENCHES)
-    if unknown:
-        parser.error(f"--only {args.only}: unknown bench(es) {sorted(unknown)}; use {BENCHES}")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, with the flags it leaves out taken from its `--size`."""
+    parser = _parser()
+    args = sizes.resolve(parser, parser.parse_args(argv))
     if args.load_epochs < 2:
         parser.error("--load-epochs must be at least 2: the data bench times epochs 2+")
-    if args.images < 60:
-        parser.error("--images must be at least 60: every split needs images of most classes")
     return args
 
 
-def settings(args: argparse.Namespace, work: Path, data: str, available: int) -> dict[str, Any]:
+def settings(
+    args: argparse.Namespace, work: Path, data: str, images: int, available: int
+) -> dict[str, Any]:
     """What the results were measured on: data, sizes, grid, machine and its load."""
     return {
+        "size": args.size,
         "data": data,
-        "images": args.images,
+        "images": images,
         "available_images": available,
         "image_size": args.image_size,
         "backbone": args.backbone,
         "grid": {"head": args.heads, "optimizer": args.optimizers, "lr": args.lrs},
+        "uncached_conditions_per_backbone": args.uncached_conditions or "all",
         "epochs": args.epochs,
         "finetune_backbone": args.finetune_backbone,
         "cpus": os.cpu_count(),
@@ -97,8 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fashion-sweeps-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    root, described, available = bench_data(work / "data", args.images, args.synthetic)
-    results: dict[str, Any] = {"settings": settings(args, work, described, available)}
+    root, described, images, available = bench_data(work / "data", args.images, args.synthetic)
+    results: dict[str, Any] = {"settings": settings(args, work, described, images, available)}
 
     def save() -> None:
         results["total_s"] = time.perf_counter() - start
@@ -123,7 +120,7 @@ def run_benches(
 ) -> None:
     """The benches `--only` names, into `results`, saved after each."""
     only = args.only.split(",")
-    size = f"dataset.image_size={args.image_size}"
+    size = f"dataset.image_size={image_size_override(args.image_size)}"
     if "data" in only:
         log.info("Bench 2: data loading")
         results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
@@ -141,26 +138,28 @@ def run_benches(
         save()
     if "screen" in only:
         log.info("Benches 1 and 4: the frozen screen with and without the feature cache")
-        results["screen"] = screen_bench(
-            ScreenSettings(
-                root,
-                work,
-                args.image_size,
-                args.backbone,
-                args.epochs,
-                args.heads,
-                args.optimizers,
-                args.lrs,
-            )
+        screen = ScreenSettings(
+            root,
+            work,
+            args.image_size,
+            args.backbone,
+            args.epochs,
+            args.heads,
+            args.optimizers,
+            args.lrs,
+            args.uncached_conditions,
         )
+        results["screen"] = screen_bench(screen)
         save()
         # The features are stored by now: this is a cached trial as the screen ran them.
         frozen = [
-            f"backbone={args.backbone}",
+            f"backbone={args.backbone.split(',')[0]}",
             "backbone.freeze=true",
             f"trainer.max_epochs={args.epochs}",
         ]
-        results["profile"] = profile_trial(bench_cfg(root, work, "profile", size, *frozen))
+        results["profile"] = profile_trial(
+            bench_cfg(root, work, "profile", size, *frozen, cache=screen.cache_dir(True))
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

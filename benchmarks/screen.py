@@ -1,11 +1,16 @@
 """Bench 1 and 4: the frozen-backbone screen with and without the feature cache, as users run it
-(`fashion-sweeps screen`, one multirun process each), and the per-trial overhead in it."""
+(`fashion-sweeps screen`, one multirun process each), and the per-trial overhead in it.
+
+The cached screen runs the whole grid; the uncached one the whole grid or a sample of it
+(`uncached_conditions` per backbone), whose wall time is then extrapolated to the grid
+(screen_figures.py). Each side starts from its own empty cache folder, so each decodes the
+photos once.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import statistics
 import subprocess
 import sys
@@ -16,6 +21,7 @@ from typing import Any
 
 from mlflow.entities import Run
 
+from benchmarks import screen_figures as figures
 from fashion_sweeps.tracking.runs import store_client
 
 log = logging.getLogger(__name__)
@@ -23,31 +29,47 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScreenSettings:
-    """What both screens share: data, grid and where they write."""
+    """What both screens share: data, grid and where they write. `backbone` may be a comma
+    list; `uncached_conditions`: per backbone, how many conditions the uncached screen runs
+    (0: all)."""
 
     root: Path
     work: Path
-    image_size: int
+    image_size: int | str
     backbone: str
     epochs: int
     heads: str = "fc,batchnorm"
     optimizers: str = "adam,sgd"
     lrs: str = "0.1,0.01,0.001"
+    uncached_conditions: int = 0
 
     @property
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.work / 'mlruns' / 'mlflow.db'}"
 
+    def cache_dir(self, features: bool) -> Path:
+        """Each side's own caches: neither finds the photos the other (or another bench)
+        decoded."""
+        return self.work / ("screen-cache" if features else "screen-cache-uncached")
+
+    def grid(self, features: bool) -> tuple[list[str], list[str], list[str]]:
+        """Heads, optimizers and learning rates this side runs (per backbone)."""
+        heads, optimizers, lrs = (v.split(",") for v in (self.heads, self.optimizers, self.lrs))
+        if features:
+            return heads, optimizers, lrs
+        return figures.sample_grid(heads, optimizers, lrs, self.uncached_conditions)
+
     def overrides(self, name: str, features: bool) -> list[str]:
+        heads, optimizers, lrs = self.grid(features)
         return [
             "dataset=clothing",
             f"dataset.root={self.root}",
-            f"dataset.image_size={self.image_size}",
+            f"dataset.image_size={image_size_override(self.image_size)}",
             # The grid, narrowed from the command line as users do (conf/sweep/grid.yaml).
             f"backbone={self.backbone}",
-            f"head={self.heads}",
-            f"optimizer={self.optimizers}",
-            f"optimizer.lr={self.lrs}",
+            f"head={','.join(heads)}",
+            f"optimizer={','.join(optimizers)}",
+            f"optimizer.lr={','.join(lrs)}",
             "backbone.freeze=true",
             f"sweep.name={name}",
             f"sweep.screen.max_epochs={self.epochs}",
@@ -55,10 +77,18 @@ class ScreenSettings:
             f"hydra.sweep.dir={self.work / 'multirun' / name}",
             f"tracking.dir={self.work / 'mlruns'}",
             "tracking.experiment=bench",
-            f"cache.dir={self.work / 'cache'}",
+            f"cache.dir={self.cache_dir(features)}",
             f"cache.features={'true' if features else 'false'}",
             "trainer.progress=lines",
         ]
+
+
+def image_size_override(size: int | str) -> str:
+    """`dataset.image_size`'s value: pixels, or `native`: each backbone at its weights'
+    resolution, as the clothing_screen recipe runs them (quoted: an interpolation)."""
+    if size == "native":
+        return "'${fashion_sweeps_native_resolution:${backbone._target_}}'"
+    return str(size)
 
 
 def run_screen(settings: ScreenSettings, name: str, features: bool) -> float:
@@ -140,32 +170,43 @@ def ranking(runs: list[Run]) -> list[tuple[str, float]]:
     return sorted(scored, key=lambda item: (item[1], item[0]))
 
 
+def trial_record(run: Run) -> figures.Trial:
+    """What screen_figures.py reads of one trial's run."""
+    metrics, tags = run.data.metrics, run.data.tags
+    wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+    return {
+        "condition": tags.get("condition", run.info.run_name),
+        "backbone": tags.get("backbone", "?"),
+        "status": tags.get("status", "?"),
+        "image_cache": tags.get("image_cache", "?"),
+        "feature_cache": tags.get("feature_cache", "?"),
+        "wall_s": wall,
+        **{
+            name: metrics.get(name)
+            for name in ("startup_s", "teardown_s", "image_cache_s", "feature_cache_s")
+        },
+    }
+
+
 def screen_bench(settings: ScreenSettings) -> dict[str, Any]:
-    """Both screens, side by side: wall times, ratio, rankings and per-trial figures."""
+    """Both screens, side by side: wall times (the uncached one extrapolated to the whole grid
+    when it ran a sample), ratio, rankings, the cached screen against its floor, and per-trial
+    figures."""
     uncached_s = run_screen(settings, "bench-uncached", features=False)
     cached_s = run_screen(settings, "bench-cached", features=True)
     uncached, cached = (
         screen_runs(settings, "bench-uncached"),
         screen_runs(settings, "bench-cached"),
     )
+    trials_u, trials_c = per_trial(uncached), per_trial(cached)
+    records_u, records_c = [trial_record(r) for r in uncached], [trial_record(r) for r in cached]
     rank_u, rank_c = ranking(uncached), ranking(cached)
     return {
-        "conditions": len(cached),
-        "uncached_s": uncached_s,
-        "cached_s": cached_s,
-        "ratio": uncached_s / cached_s,
-        "same_ranking": [c for c, _ in rank_u] == [c for c, _ in rank_c],
-        # Per condition (pairs sorted by name), over conditions with a val_loss on both sides.
-        "max_val_loss_difference": max(
-            (
-                abs(a - b)
-                for (_, a), (_, b) in zip(sorted(rank_u), sorted(rank_c), strict=True)
-                if math.isfinite(a) and math.isfinite(b)
-            ),
-            default=0.0,
-        ),
+        **figures.summary(uncached_s, cached_s, records_u, records_c, trials_u["between_trials_s"]),
+        **figures.compare_rankings(rank_u, rank_c),
         "ranking_cached": rank_c,
         "ranking_uncached": rank_u,
-        "trials_uncached": per_trial(uncached),
-        "trials_cached": per_trial(cached),
+        "trials_uncached": trials_u,
+        "trials_cached": trials_c,
+        "trial_records": {"uncached": records_u, "cached": records_c},
     }

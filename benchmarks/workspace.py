@@ -36,8 +36,10 @@ def real_clothing() -> Path | None:
 
 
 def clothing_subset(source: Path, target: Path, images: int) -> tuple[int, int]:
-    """The first `images` usable rows of `source` (labelled, not excluded, photo present), as
-    `target/images.csv` + symlinks in `target/images`. Returns (rows written, usable rows)."""
+    """The first `images` usable rows of `source` (labelled, not excluded, photo present; 0:
+    all of them), as `target/images.csv` + symlinks in `target/images`. Returns (rows written,
+    usable rows)."""
+    limit = images or float("inf")
     (target / "images").mkdir(parents=True, exist_ok=True)
     rows, usable = [], 0
     with (source / "images.csv").open(newline="", encoding="utf-8") as f:
@@ -46,7 +48,7 @@ def clothing_subset(source: Path, target: Path, images: int) -> tuple[int, int]:
             if not (row["label"] and row["label"] not in EXCLUDED and photo.is_file()):
                 continue
             usable += 1
-            if len(rows) < images:
+            if len(rows) < limit:
                 rows.append(row)
                 link = target / "images" / photo.name
                 if not link.exists():
@@ -89,22 +91,30 @@ def _write_csv(target: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def bench_data(target: Path, images: int, synthetic: bool = False) -> tuple[Path, str, int]:
-    """A clothing-format folder of `images` photos under `target`, what it is made of, and how
-    many photos the whole data set has (for projections)."""
+def bench_data(target: Path, images: int, synthetic: bool = False) -> tuple[Path, str, int, int]:
+    """A clothing-format folder of `images` photos (0: all the real ones) under `target`, what
+    it is made of, how many photos it holds and how many the whole data set has (for
+    projections)."""
     real = None if synthetic else real_clothing()
     if real is not None:
         n, usable = clothing_subset(real, target, images)
-        return target, f"clothing ({real}): first {n} of {usable} usable photos", usable
+        return target, f"clothing ({real}): first {n} of {usable} usable photos", n, usable
+    if images == 0:
+        raise ValueError(
+            "--images 0 (all the photos) needs the clothing photos: $FASHION_SWEEPS_BENCH_DATA "
+            "or ../shared/data/clothing beside the project; give a number for synthetic ones"
+        )
     n = synthetic_clothing(target, images)
     if not synthetic:
         log.warning("No clothing data found: benchmarking on %d synthetic photos", n)
-    return target, f"synthetic: {n} JPEG photos 400x533", n
+    return target, f"synthetic: {n} JPEG photos 400x533", n, n
 
 
-def bench_cfg(root: Path, work: Path, run_name: str, *overrides: str) -> DictConfig:
-    """The real config tree on the bench data, tracked and cached inside `work`; the run writes
-    into its own output folder (a folder holds one run)."""
+def bench_cfg(
+    root: Path, work: Path, run_name: str, *overrides: str, cache: Path | None = None
+) -> DictConfig:
+    """The real config tree on the bench data, tracked and cached inside `work` (`cache`: another
+    cache folder); the run writes into its own output folder (a folder holds one run)."""
     with initialize_config_dir(str(CONF_DIR)):
         cfg = compose(
             "config",
@@ -114,7 +124,7 @@ def bench_cfg(root: Path, work: Path, run_name: str, *overrides: str) -> DictCon
                 f"tracking.dir={work / 'mlruns'}",
                 "tracking.experiment=bench",
                 f"tracking.run_name={run_name}",
-                f"cache.dir={work / 'cache'}",
+                f"cache.dir={cache or work / 'cache'}",
                 "trainer.progress=lines",
                 *overrides,
             ],

@@ -1,5 +1,7 @@
-"""`make bench`: the table judges each figure against the issue's target, and the whole bench runs
-end to end on synthetic photos (slow: two screen processes)."""
+"""`make bench`: the named sizes, the screen's arithmetic (a sampled uncached screen
+extrapolated to the grid, the cached screen's floor, teardown), the table judging each figure
+against the issue's target, and the whole bench end to end on synthetic photos (slow: two screen
+processes)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks import screen_figures as figures
+from benchmarks.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +78,155 @@ def test_table_judges_every_target(tmp_path: Path) -> None:
     assert "Projection from these parts to all 600 photos" in bad
 
 
+def test_size_real_is_the_clothing_screen_at_full_scale() -> None:
+    args = parse_args(["--size", "real"])
+    assert (args.images, args.image_size, args.only) == (0, 224, "screen")
+    assert args.backbone == "efficientnet_lite0,efficientnet_lite2"
+    assert (args.heads, args.optimizers, args.lrs) == ("fc,batchnorm", "adam,sgd", "0.1,0.01,0.001")
+    assert (args.epochs, args.uncached_conditions) == (3, 1)
+    # A flag given wins over the size's value; the others stay the size's.
+    args = parse_args(["--size=real", "--images=300", "--uncached-conditions=0"])
+    assert (args.images, args.uncached_conditions, args.image_size) == (300, 0, 224)
+    assert parse_args(["--size=real", "--image-size=native"]).image_size == "native"
+
+
+def test_size_small_is_the_default() -> None:
+    args = parse_args([])
+    assert (args.size, args.images, args.image_size) == ("small", 500, 128)
+    assert (args.backbone, args.only, args.uncached_conditions) == (
+        "efficientnet_lite0",
+        "data,finetune,screen",
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--images=30"],
+        ["--only=screen,gpu"],
+        ["--uncached-conditions=5"],  # no sub-grid of the first values holds 5
+        ["--uncached-conditions=13"],
+        ["--image-size=native"],  # data and fine-tuning benches need one size
+        ["--image-size=big"],
+    ],
+)
+def test_bad_sizes_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def test_the_uncached_sample_is_a_sub_grid_of_the_first_values() -> None:
+    grid = (["fc", "batchnorm"], ["adam", "sgd"], ["0.1", "0.01", "0.001"])
+    assert figures.sample_grid(*grid, 1) == (["fc"], ["adam"], ["0.1"])
+    assert figures.sample_grid(*grid, 2) == (["fc"], ["adam"], ["0.1", "0.01"])
+    assert figures.sample_grid(*grid, 4) == (["fc"], ["adam", "sgd"], ["0.1", "0.01"])
+    assert figures.sample_grid(*grid, 0) == figures.sample_grid(*grid, 12) == tuple(map(list, grid))
+    with pytest.raises(ValueError, match=r"\[1, 2, 3, 4, 6, 8, 12\]"):
+        figures.sample_grid(*grid, 5)
+
+
+def trial(backbone: str, wall: float, **metrics: float | str | None) -> dict:
+    record = {
+        "condition": f"{backbone}/fc/adam/{wall}",
+        "backbone": backbone,
+        "status": "finished",
+        "wall_s": wall,
+    }
+    return record | {
+        "startup_s": None,
+        "teardown_s": None,
+        "image_cache_s": None,
+        "feature_cache_s": None,
+        **metrics,
+    }
+
+
+def test_extrapolation_adds_each_missing_condition_at_its_backbones_time() -> None:
+    # The first trial decoded the photos (10 s): that is paid once, not per condition.
+    sampled = [trial("lite0", 30.0, image_cache_s=10.0), trial("lite2", 50.0)]
+    full = figures.extrapolate(100.0, sampled, {"lite0": 12, "lite2": 12}, gap_s=1.0)
+    assert full["per_backbone"]["lite0"]["per_condition_s"] == 20.0
+    assert full["total_s"] == 100.0 + 11 * (20.0 + 1.0) + 11 * (50.0 + 1.0)
+    assert full["extrapolated"] and full["measured_conditions"] == 2
+    # Nothing missing: the measured wall time; no gap measured (one trial): counts 0.
+    whole = figures.extrapolate(100.0, sampled, {"lite0": 1, "lite2": 1}, gap_s=float("nan"))
+    assert whole["total_s"] == 100.0 and not whole["extrapolated"]
+    assert figures.extrapolate(80.0, sampled[:1], {"lite0": 3}, float("nan"))["total_s"] == 120.0
+    with pytest.raises(ValueError, match="lite2"):
+        figures.extrapolate(100.0, sampled[:1], {"lite0": 12, "lite2": 12}, 1.0)
+
+
+def cached_trials() -> list[dict]:
+    """Two backbones x two conditions: the first of each computes its features (the very first
+    also decodes the photos), the second reads them; one lite2 condition diverged."""
+    return [
+        trial("lite0", 40.0, startup_s=35.0, teardown_s=0.3, image_cache_s=5.0,
+              image_cache="miss", feature_cache_s=28.0),
+        trial("lite0", 4.0, startup_s=1.0, teardown_s=0.2, image_cache_s=0.1,
+              image_cache="hit", feature_cache_s=0.1),
+        trial("lite2", 70.0, startup_s=62.0, teardown_s=0.4, image_cache_s=0.1,
+              image_cache="hit", feature_cache_s=60.0),
+        trial("lite2", 3.0, image_cache_s=0.1, image_cache="hit", feature_cache_s=0.5),
+    ]  # fmt: skip
+
+
+def test_floor_is_decode_plus_a_forward_pass_per_backbone_plus_head_trainings() -> None:
+    least = figures.floor(cached_trials())
+    assert least["decode_s"] == 5.0
+    lite0, lite2 = least["per_backbone"]["lite0"], least["per_backbone"]["lite2"]
+    assert (lite0["forward_s"], lite0["heads_s"]) == pytest.approx((28.0, 4.7 + 2.8))
+    # The diverged trial logged no start-up or teardown: its caches' time stands in.
+    assert (lite2["forward_s"], lite2["heads_s"]) == pytest.approx((60.0, 7.6 + 2.4))
+    assert least["total_s"] == pytest.approx(5.0 + 28.0 + 7.5 + 60.0 + 10.0)
+    versus = figures.against_floor(165.75, least["total_s"], trials=4)
+    assert versus["ratio"] == pytest.approx(1.5) and versus["overhead_per_trial_s"] == 13.8125
+
+
+def test_teardown_is_judged_by_its_worst_trial() -> None:
+    summary = figures.teardown(cached_trials())
+    assert (summary["median_s"], summary["max_s"], summary["trials"]) == (0.3, 0.4, 3)
+    assert summary["under_limit"] is True
+    assert figures.teardown(cached_trials(), limit=0.35)["under_limit"] is False
+    assert figures.teardown([trial("lite0", 1.0)])["under_limit"] is None
+
+
+def test_rankings_are_compared_on_the_conditions_both_screens_ran() -> None:
+    cached = [("a", 0.5), ("b", 0.6), ("c", 0.7), ("d", float("inf"))]
+    same = figures.compare_rankings([("a", 0.5 + 1e-7), ("c", 0.7)], cached)
+    assert same["same_ranking"] and same["compared_conditions"] == 2
+    assert same["max_val_loss_difference"] == pytest.approx(1e-7)
+    assert not figures.compare_rankings([("c", 0.4), ("a", 0.5)], cached)["same_ranking"]
+
+
+def test_an_extrapolated_screen_says_so_in_the_table(tmp_path: Path) -> None:
+    sampled = [trial("lite0", 30.0, image_cache_s=10.0), trial("lite2", 50.0)]
+    cached = cached_trials()
+    figures_ = figures.summary(1000.0, 165.75, sampled, cached, gap_s=1.0)
+    assert figures_["uncached_s"] == 1000.0 + 20.0 + 1.0 + 50.0 + 1.0
+    assert figures_["ratio"] == pytest.approx(1072.0 / 165.75)
+    data = results(1.0, 50.0, 0.95, 0.2)
+    data["screen"].update(figures_, compared_conditions=2, same_ranking=True)
+    text = report.write(data, tmp_path).read_text()
+    assert (
+        "1,072.0 (no feature cache; extrapolated from 2 of 4 conditions, measured 1,000.0)" in text
+    )
+    assert "| ~6.5x (estimated) |" in text
+    assert "Same ranking of the conditions (the 2 run on both sides)" in text
+    assert "| 110.5 (floor: decode + one forward pass per photo per backbone" in text
+    assert "| 1.50x |" in text and "165.8 (+13.81 s per trial)" in text
+    assert "| median 0.30 | max 0.40 |  | < 0.5 s each | yes |" in text
+    assert "**extrapolated from 2 of 4 conditions**" in text
+    assert "lite2 50.0 s a condition (measured on 1) x 2 conditions" in text
+    assert "lite0: forward pass 28.0 s + 2 head trainings 7.5 s" in text
+    assert "Caution" not in text
+    # A sampled condition that diverged stopped early: the extrapolation says it is too low.
+    sampled[1]["status"] = "diverged"
+    data["screen"].update(figures.summary(1000.0, 165.75, sampled, cached, gap_s=1.0))
+    text = report.write(data, tmp_path).read_text()
+    assert "**Caution**: sampled condition(s) lite2/fc/adam/50.0 did not finish" in text
+
+
 @pytest.mark.slow
 def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     out = tmp_path / "bench"
@@ -84,6 +237,9 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
         "--synthetic",
         "--images=200",  # the fine-tuning bench times batches after the first: it needs two
         "--image-size=16",
+        # Two backbones, the uncached screen on one condition of each: extrapolated.
+        "--backbone=efficientnet_lite0,efficientnet_lite2",
+        "--uncached-conditions=1",
         "--epochs=1",
         "--heads=fc",
         "--optimizers=adam",
@@ -97,7 +253,13 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["screen"]["conditions"] == 2 and results["screen"]["same_ranking"]
+    screen = results["screen"]
+    assert (screen["conditions"], screen["conditions_uncached"]) == (4, 2)
+    assert screen["extrapolated"] and screen["uncached_s"] > screen["uncached_measured_s"]
+    assert screen["same_ranking"] and screen["compared_conditions"] == 2
+    assert set(screen["floor"]["per_backbone"]) == {"efficientnet_lite0", "efficientnet_lite2"}
+    assert screen["floor"]["total_s"] > 0 and screen["teardown_cached"]["trials"] == 4
+    assert "extrapolated from 2 of 4 conditions" in done.stdout
     assert results["data"]["cache_status"] == ["miss", "hit"]
     assert results["finetune"]["ratio"] > 0 and results["profile"]["steps"]
     assert "| 2. Data loading" in done.stdout

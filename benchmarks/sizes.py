@@ -1,0 +1,87 @@
+"""The bench's named sizes (`--size`): the values of the size flags a flag given on the command
+line does not replace.
+
+- `small` (the default): 500 photos at 128 px, one backbone, all three benches; the uncached
+  screen runs the whole grid. Minutes.
+- `real`: the scale users run the clothing_screen recipe at: all clothing photos at 224 px, the
+  recipe's 24-condition grid (efficientnet_lite0 and efficientnet_lite2 x fc, batchnorm x adam,
+  sgd x 0.1, 0.01, 0.001; 3 epochs), the screen bench only; the uncached screen runs one
+  condition per backbone and its wall time is extrapolated to the grid. About 30 minutes on 2
+  cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from benchmarks.screen_figures import sample_grid
+
+BENCHES = ("data", "finetune", "screen")
+
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {
+        "images": 500,
+        "image_size": "128",
+        "backbone": "efficientnet_lite0",
+        "only": ",".join(BENCHES),
+        "uncached_conditions": 0,
+    },
+    "real": {
+        "images": 0,
+        "image_size": "224",
+        "backbone": "efficientnet_lite0,efficientnet_lite2",
+        "only": "screen",
+        "uncached_conditions": 1,
+    },
+}
+
+
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags a size sets; their default None means "the size's value"."""
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="small",
+        help="named size: small (default, minutes) or real (all photos, 224 px, the 24-condition "
+        "clothing_screen grid, screen bench only; about 30 min); the flags below override it",
+    )
+    parser.add_argument("--images", type=int, help="photos in the bench data set (0: all)")
+    parser.add_argument(
+        "--image-size", help="pixels per side, or `native` (screen only: each backbone's own)"
+    )
+    parser.add_argument("--backbone", help="the screen's frozen backbone(s), comma-separated")
+    parser.add_argument(
+        "--uncached-conditions",
+        type=int,
+        help="conditions per backbone the uncached screen runs (0: all); fewer: its wall time "
+        "is extrapolated to the grid",
+    )
+    parser.add_argument("--only", help=f"comma-separated subset of {BENCHES}")
+
+
+def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags not given from `--size`, then check them (parser.error on a bad one)."""
+    for name, value in SIZES[args.size].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    unknown = set(args.only.split(",")) - set(BENCHES)
+    if unknown:
+        parser.error(f"--only {args.only}: unknown bench(es) {sorted(unknown)}; use {BENCHES}")
+    if args.images != 0 and args.images < 60:
+        parser.error("--images must be 0 (all) or at least 60: every split needs most classes")
+    if args.image_size == "native":
+        if args.only != "screen":
+            parser.error("--image-size native applies to the screen only: add --only screen")
+    elif not args.image_size.isdigit() or int(args.image_size) < 1:
+        parser.error(f"--image-size {args.image_size}: a number of pixels or `native`")
+    else:
+        args.image_size = int(args.image_size)
+    if args.uncached_conditions < 0:
+        parser.error("--uncached-conditions must be 0 (all) or more")
+    grid = (args.heads.split(","), args.optimizers.split(","), args.lrs.split(","))
+    try:
+        sample_grid(*grid, args.uncached_conditions)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
