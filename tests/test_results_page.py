@@ -2,7 +2,9 @@
 
 One `--run fmnist_cnn --seeds 1 2` on the tiny Fashion-MNIST IDX files (real `fashion-sweeps
 train` processes, 1 epoch) and one run of seed 1 whose data is missing (it fails) share a
-temporary store; the tests read the page and the runs back from it.
+temporary store; the tests read the page and the runs back from it. The sweep recipe
+clothing_screen runs as `fashion-sweeps sweep` and `screen` on tiny clothing photos, narrowed to
+2 conditions of 1 epoch, into a store of its own.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import write_fmnist
+from conftest import fashion_sweeps, write_clothing, write_fmnist
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.recipes.catalogue import Recipe, load_recipes, recipe_names
 from fashion_sweeps.recipes.command import main
-from fashion_sweeps.recipes.page import display_store, render_page
+from fashion_sweeps.recipes.page import display_store, fmt_duration, render_page
 from fashion_sweeps.recipes.runs import RunRecord, group_runs
 
 # The recipe as written on 60 images; these overrides change only outputs and tracking.
@@ -177,6 +179,116 @@ def test_unknown_recipe_is_refused_before_training(tmp_path: Path, capsys) -> No
     assert exit_.value.code == 2
     assert "Hydra overrides go after --" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+# --- A sweep recipe, run for real -----------------------------------------------------------------
+
+# clothing_screen narrowed to 2 conditions of 1 epoch on 16 px photos: settings the page names.
+NARROWED = [
+    "backbone=efficientnet_lite0",
+    "head=fc,batchnorm",
+    "optimizer=adam",
+    "optimizer.lr=0.01",
+    "dataset.image_size=16",
+    "backbone.pretrained=false",
+    "sweep.screen.max_epochs=1",
+    "sweep.full.top_k=1",
+    "sweep.full.max_epochs=2",
+]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`fashion-sweeps sweep` (screen, then the full run of its best), then a `screen` alone
+    under another sweep name, both of the recipe clothing_screen; the page from their store."""
+    tmp = tmp_path_factory.mktemp("swept")
+    root = write_clothing(tmp / "clothing", per_class=12, seed=4)
+    common = [
+        "experiment=clothing_screen",
+        f"dataset.root={root}",
+        f"tracking.dir={tmp / 'mlruns'}",
+        "trainer.progress=lines",
+        "tracking.log_model=false",
+        *NARROWED,
+    ]
+    fashion_sweeps(tmp, "sweep", *common, "sweep.name=cs_tiny")
+    fashion_sweeps(tmp, "screen", *common, "sweep.name=cs_screen_only")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    page = tmp / "results.md"
+    assert main(["--tracking-uri", uri, "--out", str(page)]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {"text": page.read_text(), "runs": runs}
+
+
+def section(text: str, name: str) -> str:
+    return text.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def sweep_row(runs: list, sweep: str, stage: str) -> tuple[str, ...]:
+    """What the page shows of a sweep: its name, conditions screened, champion (the lowest best
+    val_loss of its full runs, else of its screen) and the champion's figures."""
+    mine = [r for r in runs if r.data.tags.get("sweep") == sweep]
+    kids = [r for r in mine if r.data.tags.get("run_kind") != "stage"]
+    screened = [r for r in kids if r.data.tags["stage"] == "screen"]
+    finished = sum(r.data.tags["status"] == "finished" for r in screened)
+    best = min(
+        (r for r in kids if r.data.tags["stage"] == stage),
+        key=lambda r: r.data.metrics["best_val_loss"],
+    )
+    m = best.data.metrics
+    return (
+        sweep,
+        f"{finished}/{len(screened)}",
+        best.data.tags["condition"],
+        f"{m['test_acc']:.2%}",
+        f"{m['test_f1_weighted']:.4f}",
+        f"{m['test_f1_macro']:.4f}",
+    )
+
+
+def test_a_sweep_recipe_that_was_run_lists_each_sweep_with_its_champion(swept: dict) -> None:
+    text = section(swept["text"], "clothing_screen")
+    assert "its trials are not listed here" not in text
+    header = row(
+        "changes",
+        "sweep",
+        "conditions screened",
+        "champion",
+        *("test acc", "weighted F1", "macro F1", "wall time", "machine", "date", "status"),
+    )
+    assert header in text
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(lines) == 2  # newest first: the screen alone ran after the whole sweep
+    assert row(*sweep_row(swept["runs"], "cs_screen_only", "screen")) in lines[0]
+    assert row(*sweep_row(swept["runs"], "cs_tiny", "full")) in lines[1]
+    assert lines[0].endswith("| incomplete: no full stage |")
+    assert lines[1].endswith("| complete |")
+    # Wall time: from the screen's start to the end of the sweep's last condition run.
+    mine = [r for r in swept["runs"] if r.data.tags.get("sweep") == "cs_tiny"]
+    start = min(r.info.start_time for r in mine if r.data.tags.get("run_kind") == "stage")
+    end = max(r.info.end_time for r in mine if r.data.tags.get("run_kind") != "stage")
+    machine = next(r.data.tags["machine"] for r in mine if "machine" in r.data.tags)
+    assert f"| {fmt_duration((end - start) / 1000)} | {machine} |" in lines[1]
+
+
+def test_a_narrowed_sweep_is_listed_with_its_changes_never_as_the_recipe(swept: dict) -> None:
+    text = section(swept["text"], "clothing_screen")
+    written, changed = text.split("### Runs with changed settings", 1)
+    assert "**Not run here** as the recipe is written" in written
+    shown = {}
+    for line in changed.splitlines():
+        if line.startswith("| `"):
+            changes, sweep = line.split(" | ")[:2]
+            shown[sweep] = sorted(changes.strip("| `").split())
+    # The grid narrowed and the sizes changed; not the swept head (as the recipe sweeps it).
+    expected = sorted(w for w in NARROWED if not w.startswith("head="))
+    assert shown == {"cs_tiny": expected, "cs_screen_only": expected}
+    summary = next(
+        line for line in swept["text"].splitlines() if line.startswith("| [clothing_screen]")
+    )
+    assert "not run here as written (2 sweep runs with changed settings)" in summary
+    assert summary.endswith("| — |")  # no target verdict from a changed sweep
 
 
 # --- Selection and the target, on records built directly (no MLflow) -----------------------------
