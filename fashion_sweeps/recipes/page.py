@@ -16,6 +16,13 @@ from mlflow.tracking import MlflowClient
 from fashion_sweeps import markdown
 from fashion_sweeps.recipes.catalogue import METRICS, Recipe, load_recipes
 from fashion_sweeps.recipes.earlier_page import Earlier, earlier_recipes
+from fashion_sweeps.recipes.figures import (
+    fmt,
+    fmt_duration,
+    fmt_figures,
+    target_line,
+    verdict,
+)
 from fashion_sweeps.recipes.runs import EARLIER, Group, RunRecord, group_runs, recipe_runs
 
 PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
@@ -23,37 +30,12 @@ PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
 MAX_CHANGED_ROWS = 20
 
 
-def fmt(metric: str, value: float | None) -> str:
-    """Accuracy in percent, F1 as a fraction, as the studies give them."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:.2%}" if metric == "test_acc" else f"{value:.4f}"
-
-
-def fmt_figures(figures: Mapping[str, float], prefix: str = "") -> str:
-    return ", ".join(f"{METRICS[k]} {prefix}{fmt(k, v)}" for k, v in figures.items()) or "—"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def target_verdict(recipe: Recipe, group: Group | None) -> str:
     """'yes' / 'no' (the mean over seeds against every target figure), '—' without a target or
     runs."""
-    if not recipe.target or group is None or not group.counted:
+    if group is None or not group.counted:
         return "—"
-    met = [group.mean(k) >= v for k, v in recipe.target.items()]
-    return "yes" if all(met) else "no"
+    return verdict(recipe.target, {k: group.mean(k) for k in recipe.target})
 
 
 def _status(record: RunRecord) -> str:
@@ -119,13 +101,8 @@ def _comparison_lines(recipe: Recipe, group: Group) -> list[str]:
         if diffs:
             lines += ["", f"Ours (mean) minus the study's: {', '.join(diffs)}."]
     if recipe.target:
-        checks = [
-            f"{METRICS[k]} ≥ {fmt(k, v)}: "
-            f"{'met' if group.mean(k) >= v else 'not met'} ({fmt(k, group.mean(k))})"
-            for k, v in recipe.target.items()
-        ]
-        verdict = target_verdict(recipe, group)
-        lines += ["", f"Target met: **{verdict}** (mean over seeds; {'; '.join(checks)})."]
+        ours = {k: group.mean(k) for k in recipe.target}
+        lines += ["", target_line(recipe.target, ours, "mean over seeds")]
     return lines
 
 
