@@ -1,12 +1,14 @@
-"""How the results page writes a recipe's figures (page.py, sweep_page.py), and whether they meet
-its target: one judgement for the mean of a train recipe's seeds and a sweep's champion."""
+"""How the results page writes a recipe's figures (page.py, sweep_page.py), and how they compare
+with the study's and the target: one judgement for the mean of a train recipe's seeds and for a
+sweep's champion."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-from fashion_sweeps.recipes.catalogue import METRICS
+from fashion_sweeps.recipes.catalogue import METRICS, Recipe
+from fashion_sweeps.recipes.runs import EARLIER
 
 
 def fmt(metric: str, value: float | None) -> str:
@@ -49,3 +51,32 @@ def target_line(target: Mapping[str, float], ours: Mapping[str, float], basis: s
         for k, v in target.items()
     ]
     return f"Target met: **{verdict(target, ours)}** ({basis}; {'; '.join(checks)})."
+
+
+def comparison_lines(
+    recipe: Recipe, ours: Mapping[str, float], label: str, basis: str
+) -> list[str]:
+    """`ours` (runs as written; `label`: what they are, `basis`: what was judged) against the
+    study's figures and the target."""
+    lines = []
+    diffs = []
+    for k, v in recipe.reported.items():
+        if math.isfinite(ours.get(k, math.nan)):
+            unit, scale = (" pt", 100) if k == "test_acc" else ("", 1)
+            diffs.append(f"{METRICS[k]} {(ours[k] - v) * scale:+.2f}{unit}")
+    if diffs:
+        lines += ["", f"Ours ({label}) minus the study's: {', '.join(diffs)}."]
+    if recipe.target:
+        lines += ["", target_line(recipe.target, ours, basis)]
+    return lines
+
+
+def changes_cell(changes: str | None) -> str:
+    """A run's changed settings as its table shows them."""
+    if changes is None:
+        return "not recorded (no command tag)"
+    if changes == "":
+        return "as written"
+    if changes.startswith(EARLIER):
+        return f"{EARLIER}`{changes.removeprefix(EARLIER)}`"
+    return f"`{changes}`"
