@@ -22,6 +22,7 @@ from fashion_sweeps.recipes.catalogue import Recipe, load_recipes, recipe_names
 from fashion_sweeps.recipes.command import main
 from fashion_sweeps.recipes.page import display_store, fmt_duration, render_page
 from fashion_sweeps.recipes.runs import RunRecord, group_runs
+from fashion_sweeps.recipes.sweep_runs import SweepRecord, sweep_arguments, sweep_changes
 
 # The recipe as written on 60 images; these overrides change only outputs and tracking.
 TINY = [
@@ -384,3 +385,47 @@ def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
     assert (
         "an earlier version of the recipe: `optimizer.lr=0.001 backbone.widths=(unset)`" in changed
     )
+
+
+SCREEN = "fashion-sweeps train sweep=grid experiment=demo dataset.root=d {extra} sweep.stage=screen"
+
+
+def test_a_sweeps_changes_are_its_own_overrides_that_change_what_it_finds() -> None:
+    recipe = Recipe("demo", "clothing", sweep="demo", sweep_params={"head": "fc", "lr": "1,2"})
+    as_written = "sweep.name=x tracking.experiment=t sweep.full.log_model=false head=fc seed=3"
+    assert sweep_arguments(SCREEN.format(extra=as_written) + " backbone=a 'lr=1'")[-1] == "seed=3"
+    assert sweep_changes(sweep_arguments(SCREEN.format(extra=as_written)), recipe) == ""
+    changed = "sweep=tpe sweep.full.top_k=2 hydra.sweeper.n_trials=5 head=mlp label_smoothing=0.1"
+    assert sweep_changes(sweep_arguments(SCREEN.format(extra=changed)), recipe) == changed
+    assert sweep_arguments("fashion-sweeps train experiment=demo seed=1") is None  # not a sweep's
+
+
+def sweep(name: str, minutes: int, acc: float, status: str = "complete", changes: str = ""):
+    best = record(1, minutes, acc=acc)
+    return SweepRecord(
+        name, best.started, 600.0, (24, 24), best, f"lite/fc/sgd/{acc}", status, changes
+    )
+
+
+def test_the_latest_complete_sweep_as_written_counts_against_the_target() -> None:
+    recipe = Recipe("demo", "clothing", target={"test_acc": 0.8}, sweep="demo")
+    sweeps = [
+        sweep("demo.tuned", 40, 0.95, changes="sweep.full.max_epochs=30"),
+        sweep("demo.new", 30, 0.5, status="incomplete: no full stage"),
+        sweep("demo.b", 20, 0.81),
+        sweep("demo", 10, 0.7),
+    ]
+    page = render_page({"demo": recipe}, {}, "sqlite:////tmp/mlflow.db", sweeps={"demo": sweeps})
+    summary = next(line for line in page.splitlines() if line.startswith("| [demo]"))
+    assert "| test acc 81.00%, weighted F1 0.8100 (champion of sweep demo.b) | yes |" in summary
+    written, changed = page.split("### Runs with changed settings", 1)
+    assert [line.split(" | ")[0] for line in written.splitlines() if "| demo" in line] == [
+        "| demo.new",
+        "| demo.b",
+        "| demo",
+    ]
+    assert "| demo.new | 24/24 | lite/fc/sgd/0.5 | 50.00% |" in written
+    assert "Counted: the champion of sweep `demo.b`" in written
+    assert "Target met: **yes** (the champion of sweep demo.b; test acc ≥ 80.00%: met" in written
+    assert "| `sweep.full.max_epochs=30` | demo.tuned |" in changed and "95.00%" not in written
+    assert "Not run here" not in page
