@@ -2,9 +2,10 @@
 
 Three places ask it: a run folder continued by a relaunched job (tracking/job_run.py), a sweep's
 study, which keeps its conditions' results across invocations (sweeps/identity.py), and the
-results page, which compares runs with a recipe (recipes/catalogue.py, same_recipe). A setting
-changes a result unless it only says where things are (data, outputs, caches, the tracking
-store), how a run is shown or tracked, or which devices run it. Keys are flattened config keys
+results page, which compares runs with a recipe (recipes/catalogue.py, same_recipe) and a sweep's
+command line with a sweep recipe (changes_sweep_result). A setting changes a result unless it
+only says where things are (data, outputs, caches, the tracking store), how a run is shown or
+tracked, or which devices run it. Keys are flattened config keys
 (`dataset.image_size`) or the keys of command-line overrides (`trainer=gpu`,
 `+tracking.tags.x=1`).
 """
@@ -48,6 +49,35 @@ def changes_result(key: str) -> bool:
     if key in NOT_A_RESULT_KEYS:
         return False
     return not any(key == group or key.startswith(f"{group}.") for group in NOT_A_RESULT_GROUPS)
+
+
+# A sweep's command sets its protocol by the `sweep` option and keys, and the sweeper's: they
+# change what the sweep finds (its sampler, its grid, the screen's epochs, the full stage's top k,
+# epochs and fine-tuning), though in a run's config they only show through what they set. Not
+# these: the sweep's name and stage, whether it logs models, where its studies live and how many
+# conditions run at once.
+SWEEP_PROTOCOL_GROUPS = ("sweep", "hydra.sweeper", "hydra/sweeper")
+SWEEP_BOOKKEEPING_KEYS = frozenset(
+    {
+        "sweep.name",
+        "sweep.stage",
+        "sweep.screen.log_model",
+        "sweep.full.log_model",
+        "hydra.sweeper.storage",
+        "hydra.sweeper.study_name",
+        "hydra.sweeper.n_jobs",
+    }
+)
+
+
+def changes_sweep_result(key: str) -> bool:
+    """Whether an override of a sweep's command line (its key, `+`/`~` prefixes allowed) changes
+    what the sweep finds: as changes_result, and the sweep's protocol (SWEEP_PROTOCOL_GROUPS)
+    but its bookkeeping."""
+    key = key.lstrip("+~")
+    if any(key == g or key.startswith((f"{g}.", f"{g}/")) for g in SWEEP_PROTOCOL_GROUPS):
+        return key not in SWEEP_BOOKKEEPING_KEYS
+    return changes_result(key)
 
 
 def result_settings(params: Mapping[str, str]) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 One `--run fmnist_cnn --seeds 1 2` on the tiny Fashion-MNIST IDX files (real `fashion-sweeps
 train` processes, 1 epoch) and one run of seed 1 whose data is missing (it fails) share a
-temporary store; the tests read the page and the runs back from it.
+temporary store; the tests read the page and the runs back from it. The sweep recipe
+clothing_screen runs as `fashion-sweeps sweep` and `screen` on tiny clothing photos, narrowed to
+2 conditions of 1 epoch, into a store of its own.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import write_fmnist
+from conftest import fashion_sweeps, write_clothing, write_fmnist
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.recipes.catalogue import Recipe, load_recipes, recipe_names
 from fashion_sweeps.recipes.command import main
-from fashion_sweeps.recipes.page import display_store, render_page
+from fashion_sweeps.recipes.page import display_store, fmt_duration, render_page
 from fashion_sweeps.recipes.runs import RunRecord, group_runs
+from fashion_sweeps.recipes.sweep_runs import SweepRecord, sweep_arguments, sweep_changes
 
 # The recipe as written on 60 images; these overrides change only outputs and tracking.
 TINY = [
@@ -179,6 +182,116 @@ def test_unknown_recipe_is_refused_before_training(tmp_path: Path, capsys) -> No
     assert not (tmp_path / "r.md").exists()
 
 
+# --- A sweep recipe, run for real -----------------------------------------------------------------
+
+# clothing_screen narrowed to 2 conditions of 1 epoch on 16 px photos: settings the page names.
+NARROWED = [
+    "backbone=efficientnet_lite0",
+    "head=fc,batchnorm",
+    "optimizer=adam",
+    "optimizer.lr=0.01",
+    "dataset.image_size=16",
+    "backbone.pretrained=false",
+    "sweep.screen.max_epochs=1",
+    "sweep.full.top_k=1",
+    "sweep.full.max_epochs=2",
+]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`fashion-sweeps sweep` (screen, then the full run of its best), then a `screen` alone
+    under another sweep name, both of the recipe clothing_screen; the page from their store."""
+    tmp = tmp_path_factory.mktemp("swept")
+    root = write_clothing(tmp / "clothing", per_class=12, seed=4)
+    common = [
+        "experiment=clothing_screen",
+        f"dataset.root={root}",
+        f"tracking.dir={tmp / 'mlruns'}",
+        "trainer.progress=lines",
+        "tracking.log_model=false",
+        *NARROWED,
+    ]
+    fashion_sweeps(tmp, "sweep", *common, "sweep.name=cs_tiny")
+    fashion_sweeps(tmp, "screen", *common, "sweep.name=cs_screen_only")
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    page = tmp / "results.md"
+    assert main(["--tracking-uri", uri, "--out", str(page)]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {"text": page.read_text(), "runs": runs}
+
+
+def section(text: str, name: str) -> str:
+    return text.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def sweep_row(runs: list, sweep: str, stage: str) -> tuple[str, ...]:
+    """What the page shows of a sweep: its name, conditions screened, champion (the lowest best
+    val_loss of its full runs, else of its screen) and the champion's figures."""
+    mine = [r for r in runs if r.data.tags.get("sweep") == sweep]
+    kids = [r for r in mine if r.data.tags.get("run_kind") != "stage"]
+    screened = [r for r in kids if r.data.tags["stage"] == "screen"]
+    finished = sum(r.data.tags["status"] == "finished" for r in screened)
+    best = min(
+        (r for r in kids if r.data.tags["stage"] == stage),
+        key=lambda r: r.data.metrics["best_val_loss"],
+    )
+    m = best.data.metrics
+    return (
+        sweep,
+        f"{finished}/{len(screened)}",
+        best.data.tags["condition"],
+        f"{m['test_acc']:.2%}",
+        f"{m['test_f1_weighted']:.4f}",
+        f"{m['test_f1_macro']:.4f}",
+    )
+
+
+def test_a_sweep_recipe_that_was_run_lists_each_sweep_with_its_champion(swept: dict) -> None:
+    text = section(swept["text"], "clothing_screen")
+    assert "its trials are not listed here" not in text
+    header = row(
+        "changes",
+        "sweep",
+        "conditions screened",
+        "champion",
+        *("test acc", "weighted F1", "macro F1", "wall time", "machine", "date", "status"),
+    )
+    assert header in text
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(lines) == 2  # newest first: the screen alone ran after the whole sweep
+    assert row(*sweep_row(swept["runs"], "cs_screen_only", "screen")) in lines[0]
+    assert row(*sweep_row(swept["runs"], "cs_tiny", "full")) in lines[1]
+    assert lines[0].endswith("| incomplete: no full stage |")
+    assert lines[1].endswith("| complete |")
+    # Wall time: from the screen's start to the end of the sweep's last condition run.
+    mine = [r for r in swept["runs"] if r.data.tags.get("sweep") == "cs_tiny"]
+    start = min(r.info.start_time for r in mine if r.data.tags.get("run_kind") == "stage")
+    end = max(r.info.end_time for r in mine if r.data.tags.get("run_kind") != "stage")
+    machine = next(r.data.tags["machine"] for r in mine if "machine" in r.data.tags)
+    assert f"| {fmt_duration((end - start) / 1000)} | {machine} |" in lines[1]
+
+
+def test_a_narrowed_sweep_is_listed_with_its_changes_never_as_the_recipe(swept: dict) -> None:
+    text = section(swept["text"], "clothing_screen")
+    written, changed = text.split("### Runs with changed settings", 1)
+    assert "**Not run here** as the recipe is written" in written
+    shown = {}
+    for line in changed.splitlines():
+        if line.startswith("| `"):
+            changes, sweep = line.split(" | ")[:2]
+            shown[sweep] = sorted(changes.strip("| `").split())
+    # The grid narrowed and the sizes changed; not the swept head (as the recipe sweeps it).
+    expected = sorted(w for w in NARROWED if not w.startswith("head="))
+    assert shown == {"cs_tiny": expected, "cs_screen_only": expected}
+    summary = next(
+        line for line in swept["text"].splitlines() if line.startswith("| [clothing_screen]")
+    )
+    assert "not run here as written (2 sweep runs with changed settings)" in summary
+    assert summary.endswith("| — |")  # no target verdict from a changed sweep
+
+
 # --- Selection and the target, on records built directly (no MLflow) -----------------------------
 
 T0 = datetime(2025, 1, 1, 12, 0)
@@ -272,3 +385,47 @@ def test_runs_of_an_earlier_version_of_the_recipe_are_listed_apart() -> None:
     assert (
         "an earlier version of the recipe: `optimizer.lr=0.001 backbone.widths=(unset)`" in changed
     )
+
+
+SCREEN = "fashion-sweeps train sweep=grid experiment=demo dataset.root=d {extra} sweep.stage=screen"
+
+
+def test_a_sweeps_changes_are_its_own_overrides_that_change_what_it_finds() -> None:
+    recipe = Recipe("demo", "clothing", sweep="demo", sweep_params={"head": "fc", "lr": "1,2"})
+    as_written = "sweep.name=x tracking.experiment=t sweep.full.log_model=false head=fc seed=3"
+    assert sweep_arguments(SCREEN.format(extra=as_written) + " backbone=a 'lr=1'")[-1] == "seed=3"
+    assert sweep_changes(sweep_arguments(SCREEN.format(extra=as_written)), recipe) == ""
+    changed = "sweep=tpe sweep.full.top_k=2 hydra.sweeper.n_trials=5 head=mlp label_smoothing=0.1"
+    assert sweep_changes(sweep_arguments(SCREEN.format(extra=changed)), recipe) == changed
+    assert sweep_arguments("fashion-sweeps train experiment=demo seed=1") is None  # not a sweep's
+
+
+def sweep(name: str, minutes: int, acc: float, status: str = "complete", changes: str = ""):
+    best = record(1, minutes, acc=acc)
+    return SweepRecord(
+        name, best.started, 600.0, (24, 24), best, f"lite/fc/sgd/{acc}", status, changes
+    )
+
+
+def test_the_latest_complete_sweep_as_written_counts_against_the_target() -> None:
+    recipe = Recipe("demo", "clothing", target={"test_acc": 0.8}, sweep="demo")
+    sweeps = [
+        sweep("demo.tuned", 40, 0.95, changes="sweep.full.max_epochs=30"),
+        sweep("demo.new", 30, 0.5, status="incomplete: no full stage"),
+        sweep("demo.b", 20, 0.81),
+        sweep("demo", 10, 0.7),
+    ]
+    page = render_page({"demo": recipe}, {}, "sqlite:////tmp/mlflow.db", sweeps={"demo": sweeps})
+    summary = next(line for line in page.splitlines() if line.startswith("| [demo]"))
+    assert "| test acc 81.00%, weighted F1 0.8100 (champion of sweep demo.b) | yes |" in summary
+    written, changed = page.split("### Runs with changed settings", 1)
+    assert [line.split(" | ")[0] for line in written.splitlines() if "| demo" in line] == [
+        "| demo.new",
+        "| demo.b",
+        "| demo",
+    ]
+    assert "| demo.new | 24/24 | lite/fc/sgd/0.5 | 50.00% |" in written
+    assert "Counted: the champion of sweep `demo.b`" in written
+    assert "Target met: **yes** (the champion of sweep demo.b; test acc ≥ 80.00%: met" in written
+    assert "| `sweep.full.max_epochs=30` | demo.tuned |" in changed and "95.00%" not in written
+    assert "Not run here" not in page

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR
-from fashion_sweeps.settings import changes_result
+from fashion_sweeps.settings import changes_result, changes_sweep_result
 from fashion_sweeps.tracking.runs import config_params
 
 # The figures of a recipe: MLflow metric -> column title.
@@ -36,6 +36,9 @@ class Recipe:
     target: Mapping[str, float] = field(default_factory=dict)
     needs: str | None = None
     sweep: str | None = None  # a sweep recipe's `sweep.name`: its trials are in its sweep report
+    # A sweep recipe's `hydra.sweeper.params` as written (key -> values): a sweep's command
+    # carries the recipe's single-valued ones among its own overrides.
+    sweep_params: Mapping[str, str] = field(default_factory=dict)
     problem: str | None = None  # what is wrong with the file's block, shown on the page
     # What the recipe trains as MLflow params (flattened config, same-recipe keys left out): a
     # run whose params differ was made with an earlier version of the file.
@@ -76,6 +79,7 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
             path = f"conf/experiment/{name}.yaml"
             cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
             choices = dict(cfg.hydra.runtime.choices)  # the groups the recipe chose
+            params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
             with open_dict(cfg):
                 del cfg.hydra  # as training sees it
             block = cfg.get("recipe")
@@ -100,6 +104,7 @@ def load_recipes(names: Iterable[str] | None = None) -> dict[str, Recipe]:
                 target=_figures(block.get("target"), "target", path),
                 needs=block.get("needs"),
                 sweep=sweep,
+                sweep_params={str(k): str(v) for k, v in params.items()},
                 settings=training_settings(cfg),
                 defaults=training_settings(_group_defaults(choices)),
             )
@@ -124,6 +129,13 @@ def same_recipe(override: str) -> bool:
     page's own axes, and whatever does not change a result (settings.py)."""
     key = override.split("=", 1)[0].lstrip("+~")
     return key in PAGE_AXES or not changes_result(key)
+
+
+def same_sweep(override: str) -> bool:
+    """Whether an override of a sweep's command line leaves what a sweep recipe finds as it is:
+    same_recipe's, but the sweep's protocol counts (settings.py, changes_sweep_result)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key in PAGE_AXES or not changes_sweep_result(key)
 
 
 def training_settings(cfg: DictConfig) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The results page (docs/results.md) and the console table, written from the recipes
 (catalogue.py) and their runs (runs.py): per recipe the study's figures, ours per seed and their
-mean, the target, the commands; recipes without runs in the store keep the figures of the
-earlier page (earlier_page.py)."""
+mean, the target, the commands; a sweep recipe's sweeps with their champions (sweep_runs.py,
+sweep_page.py); recipes without runs in the store keep the figures of the earlier page
+(earlier_page.py)."""
 
 from __future__ import annotations
 
@@ -16,44 +17,30 @@ from mlflow.tracking import MlflowClient
 from fashion_sweeps import markdown
 from fashion_sweeps.recipes.catalogue import METRICS, Recipe, load_recipes
 from fashion_sweeps.recipes.earlier_page import Earlier, earlier_recipes
-from fashion_sweeps.recipes.runs import EARLIER, Group, RunRecord, group_runs, recipe_runs
+from fashion_sweeps.recipes.figures import (
+    changes_cell,
+    comparison_lines,
+    fmt,
+    fmt_duration,
+    fmt_figures,
+    verdict,
+)
+from fashion_sweeps.recipes.runs import Group, RunRecord, group_runs, recipe_runs
+from fashion_sweeps.recipes.sweep_page import sweep_lines, sweep_summary
+from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_sweep, recipe_sweeps
 
 PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
 MAX_CHANGED_ROWS = 20
-
-
-def fmt(metric: str, value: float | None) -> str:
-    """Accuracy in percent, F1 as a fraction, as the studies give them."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:.2%}" if metric == "test_acc" else f"{value:.4f}"
-
-
-def fmt_figures(figures: Mapping[str, float], prefix: str = "") -> str:
-    return ", ".join(f"{METRICS[k]} {prefix}{fmt(k, v)}" for k, v in figures.items()) or "—"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+OURS = "ours (mean over seeds; a sweep: its champion)"  # the summary's column
 
 
 def target_verdict(recipe: Recipe, group: Group | None) -> str:
     """'yes' / 'no' (the mean over seeds against every target figure), '—' without a target or
     runs."""
-    if not recipe.target or group is None or not group.counted:
+    if group is None or not group.counted:
         return "—"
-    met = [group.mean(k) >= v for k, v in recipe.target.items()]
-    return "yes" if all(met) else "no"
+    return verdict(recipe.target, {k: group.mean(k) for k in recipe.target})
 
 
 def _status(record: RunRecord) -> str:
@@ -98,34 +85,11 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
             "seed the latest finished run counts.",
         ]
     if n and group.changes == "":
-        lines += _comparison_lines(recipe, group)
+        ours = {k: group.mean(k) for k in METRICS}
+        lines += comparison_lines(recipe, ours, "mean", "mean over seeds")
     commands = list(dict.fromkeys(r.command for r in group.rows if r.command))
     if commands:
         lines += ["", "Commands, as run:", "", "```bash", *commands, "```"]
-    return lines
-
-
-def _comparison_lines(recipe: Recipe, group: Group) -> list[str]:
-    """The mean of the runs as written against the study's figures and the target."""
-    lines = []
-    if recipe.reported:
-        diffs = []
-        for k, v in recipe.reported.items():
-            ours = group.mean(k)
-            if math.isfinite(ours):
-                unit = " pt" if k == "test_acc" else ""
-                scale = 100 if k == "test_acc" else 1
-                diffs.append(f"{METRICS[k]} {(ours - v) * scale:+.2f}{unit}")
-        if diffs:
-            lines += ["", f"Ours (mean) minus the study's: {', '.join(diffs)}."]
-    if recipe.target:
-        checks = [
-            f"{METRICS[k]} ≥ {fmt(k, v)}: "
-            f"{'met' if group.mean(k) >= v else 'not met'} ({fmt(k, group.mean(k))})"
-            for k, v in recipe.target.items()
-        ]
-        verdict = target_verdict(recipe, group)
-        lines += ["", f"Target met: **{verdict}** (mean over seeds; {'; '.join(checks)})."]
     return lines
 
 
@@ -133,10 +97,15 @@ def _as_written(groups: Sequence[Group]) -> Group | None:
     return next((g for g in groups if g.changes == "" and g.counted), None)
 
 
-def summary_cells(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
-    """recipe, study reports, target, ours (mean), target met."""
+def summary_cells(
+    recipe: Recipe, groups: Sequence[Group], sweeps: Sequence[SweepRecord] = ()
+) -> list[str]:
+    """recipe, study reports, target, ours (mean, or a sweep recipe's champion), target met."""
     group = _as_written(groups)
-    if group is not None:
+    met = target_verdict(recipe, group)
+    if recipe.sweep:
+        ours, met = sweep_summary(recipe, sweeps)
+    elif group is not None:
         n = len(group.counted)
         ours = fmt_figures({k: group.mean(k) for k in METRICS if k != "test_f1_macro"})
         ours += f" ({n} seed{'s' if n > 1 else ''})"
@@ -154,11 +123,11 @@ def summary_cells(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
         fmt_figures(recipe.reported),
         fmt_figures(recipe.target, "≥ "),
         ours,
-        target_verdict(recipe, group),
+        met,
     ]
 
 
-def _recipe_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
+def _facts_lines(recipe: Recipe) -> list[str]:
     lines = ["", f"## {recipe.name}", ""]
     if recipe.problem:
         lines += [f"**{recipe.problem}**", ""]
@@ -171,19 +140,26 @@ def _recipe_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     ]
     if recipe.needs:
         facts.append(f"Needs: {recipe.needs}.")
-    lines.append(" ".join(facts))
+    return [*lines, " ".join(facts)]
+
+
+def _recipe_lines(
+    recipe: Recipe, groups: Sequence[Group], sweeps: Sequence[SweepRecord] = ()
+) -> list[str]:
+    lines = _facts_lines(recipe)
+    why = f": it needs {recipe.needs}" if recipe.needs else ""
+    if recipe.sweep:
+        lines += sweep_lines(recipe, sweeps, why)
+        if groups:  # `fashion-sweeps train experiment=NAME` trains one condition of the sweep
+            lines += [
+                "",
+                "### Single runs of one condition (not the sweep, not compared)",
+                "",
+                *_changed_lines(recipe, groups),
+            ]
+        return lines
     if _as_written(groups) is None:
-        why = f": it needs {recipe.needs}" if recipe.needs else ""
-        if recipe.sweep:
-            how = (
-                f"A sweep recipe: `make sweep EXPERIMENT={recipe.name} ROOT=PATH`; its trials are "
-                f"not listed here, its ranking and best model are in `fashion-sweeps report "
-                f"{recipe.sweep}`."
-            )
-        else:
-            how = (
-                f"To run it: `{PROG} --run {recipe.name} --seeds 42 --root {recipe.dataset}=PATH`."
-            )
+        how = f"To run it: `{PROG} --run {recipe.name} --seeds 42 --root {recipe.dataset}=PATH`."
         tried = any(g.changes == "" for g in groups)
         lines += [
             "",
@@ -204,14 +180,6 @@ def _recipe_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     return lines
 
 
-def _changes_cell(changes: str | None) -> str:
-    if not changes:
-        return "not recorded (no command tag)"
-    if changes.startswith(EARLIER):
-        return f"{EARLIER}`{changes.removeprefix(EARLIER)}`"
-    return f"`{changes}`"
-
-
 def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     """One row per run (per group and seed the latest finished, and those that did not finish),
     newest first, at most MAX_CHANGED_ROWS."""
@@ -221,7 +189,7 @@ def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
     header = ["changes", "seed", *METRICS.values(), "wall time", "machine", "date", "status"]
     rows = [
         [
-            _changes_cell(changes),
+            changes_cell(changes),
             r.seed,
             *(fmt(k, r.metrics.get(k)) for k in METRICS),
             fmt_duration(r.metrics.get("wall_time_s")),
@@ -263,10 +231,17 @@ def render_page(
     store: str,
     when: datetime | None = None,
     earlier: Mapping[str, Earlier] | None = None,
+    sweeps: Mapping[str, Sequence[SweepRecord]] | None = None,
 ) -> str:
-    """The page; a recipe without runs in this store keeps its figures from `earlier`."""
+    """The page; a recipe without runs (or `sweeps`) in this store keeps its figures from
+    `earlier`."""
     when = when or datetime.now().astimezone()
-    carried = {n: e for n, e in (earlier or {}).items() if n in recipes and not groups.get(n)}
+    sweeps = sweeps or {}
+    carried = {
+        n: e
+        for n, e in (earlier or {}).items()
+        if n in recipes and not groups.get(n) and not sweeps.get(n)
+    }
     lines = [
         f"<!-- Generated by `{PROG}` (`make results`). Do not edit by hand: rerun it. -->",
         "# Results of the recipes",
@@ -282,17 +257,18 @@ def render_page(
         "failed, diverged, killed and unfinished runs are listed, never averaged. Runs whose "
         "command changes a training setting (anything but the seed, the data's location, "
         "tracking, outputs and devices) are shown apart and not compared with the study or the "
-        "target. A recipe without runs says so, and why, instead of giving a figure.",
+        "target. A sweep recipe, run as `fashion-sweeps sweep experiment=<name>`, lists its "
+        "sweeps, each with its champion as `fashion-sweeps report` chooses it; the latest "
+        "complete sweep as written counts. A recipe without runs says so, and why, instead of "
+        "giving a figure.",
         "",
         "## Summary",
         "",
-        *markdown.table(
-            ["recipe", "study reports", "target", "ours (mean over seeds)", "target met"], []
-        ),
+        *markdown.table(["recipe", "study reports", "target", OURS, "target met"], []),
         *(
             carried[name].row
             if name in carried
-            else markdown.row(summary_cells(r, groups.get(name, [])))
+            else markdown.row(summary_cells(r, groups.get(name, []), sweeps.get(name, ())))
             for name, r in recipes.items()
         ),
     ]
@@ -300,18 +276,29 @@ def render_page(
         if name in carried:
             lines += ["", f"## {name}", "", carried[name].note(), "", carried[name].section]
         else:
-            lines += _recipe_lines(recipe, groups.get(name, []))
+            lines += _recipe_lines(recipe, groups.get(name, []), sweeps.get(name, ()))
     return "\n".join(lines) + "\n"
 
 
-def console_table(recipes: Mapping[str, Recipe], groups: Mapping[str, Sequence[Group]]) -> str:
+def console_table(
+    recipes: Mapping[str, Recipe],
+    groups: Mapping[str, Sequence[Group]],
+    sweeps: Mapping[str, Sequence[SweepRecord]] | None = None,
+) -> str:
     rows = [("recipe", "runs", "test acc (mean)", "target", "met")]
     for name, recipe in recipes.items():
         group = _as_written(groups.get(name, []))
         n = len(group.counted) if group else 0
         acc = fmt("test_acc", group.mean("test_acc")) if group else "not run here"
+        met = target_verdict(recipe, group)
+        if recipe.sweep:  # its sweep runs; the champion of the one that counts
+            n = len((sweeps or {}).get(name, ()))
+            counted = counted_sweep((sweeps or {}).get(name, ()))
+            best = counted.champion if counted else None
+            acc = fmt("test_acc", best.metrics.get("test_acc")) if best else "not run here"
+            met = verdict(recipe.target, best.metrics) if best else "—"
         target = fmt_figures(recipe.target, "≥ ") if recipe.target else "—"
-        rows.append((name, str(n), acc, target, target_verdict(recipe, group)))
+        rows.append((name, str(n), acc, target, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -327,7 +314,9 @@ def write_page(
         name: group_runs(recipe_runs(client, name), recipe.settings, recipe.defaults)
         for name, recipe in recipes.items()
     }
-    page = render_page(recipes, groups, client.tracking_uri, earlier=earlier_recipes(out))
+    sweeps = {name: recipe_sweeps(client, r) for name, r in recipes.items() if r.sweep}
+    earlier = earlier_recipes(out)
+    page = render_page(recipes, groups, client.tracking_uri, earlier=earlier, sweeps=sweeps)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
-    return page, console_table(recipes, groups)
+    return page, console_table(recipes, groups, sweeps)

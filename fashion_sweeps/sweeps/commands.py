@@ -13,6 +13,8 @@ import textwrap
 from fashion_sweeps import interrupts
 
 STAGES = ("screen", "full")
+# The sweep option a stage runs with unless its command line chooses another (conf/sweep/).
+DEFAULT_SWEEP = "grid"
 # Launchers that run several trials at once on this machine.
 LOCAL_PARALLEL_LAUNCHERS = ("joblib", "submitit_local")
 
@@ -61,7 +63,8 @@ def stage_argv(stage: str, args: list[str]) -> list[str]:
     """The Hydra command line of one stage."""
     args = [a for a in args if a not in ("-m", "--multirun")]
     chosen = any(a.split("=", 1)[0].lstrip("+") == "sweep" for a in args)
-    return ["--multirun", *([] if chosen else ["sweep=grid"]), *args, f"sweep.stage={stage}"]
+    default = [] if chosen else [f"sweep={DEFAULT_SWEEP}"]
+    return ["--multirun", *default, *args, f"sweep.stage={stage}"]
 
 
 def run_stage(stage: str, args: list[str]) -> None:

@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -131,6 +131,13 @@ def best_run(runs: Sequence[Run]) -> Run | None:
         and math.isfinite(r.data.metrics.get("best_val_loss", math.nan))
     ]
     return min(finished, key=lambda r: r.data.metrics["best_val_loss"], default=None)
+
+
+def champion(runs: Mapping[str, Sequence[Run]]) -> tuple[str, Run | None]:
+    """The sweep's best model and its stage, from its runs by stage: the best full run, else
+    (no full run finished yet) the best screen run. The results page shows the same one."""
+    stage = "full" if best_run(runs.get("full", [])) else "screen"
+    return stage, best_run(runs.get(stage, []))
 
 
 def artifact_bytes(client: MlflowClient, run_id: str, path: str) -> bytes | None:
@@ -255,8 +262,7 @@ def build_report(
         report.sections += full_sections(client, runs["full"])
     else:
         report.notes.append("No full stage yet: run `fashion-sweeps full` for the comparison.")
-    stage = "full" if best_run(runs.get("full", [])) else "screen"
-    best = best_run(runs.get(stage, []))
+    stage, best = champion(runs)
     registered = ""
     if best is None:
         report.notes.append("No run of this sweep finished: there is no best model to show.")
