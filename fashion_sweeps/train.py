@@ -302,7 +302,8 @@ def _test(
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }
     evaluation = evaluate(predictions, recall_below=cfg.tail_recall)
-    log_evaluation(run, evaluation, run_folder.evaluation(output_dir(cfg)))
+    figures = cfg.tracking.get("plots", True)
+    log_evaluation(run, evaluation, run_folder.evaluation(output_dir(cfg)), figures)
     (log.warning if len(evaluation.tail) else log.info)(tail_summary(evaluation))
     test_metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     train_targets = prepared.targets[prepared.indices("train")]

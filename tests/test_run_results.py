@@ -87,3 +87,25 @@ def test_gallery_picks_the_same_images_for_the_same_seed() -> None:
     assert list(gallery_indices(50, 10, seed=42)) != list(gallery_indices(50, 10, seed=43))
     assert len(set(gallery_indices(50, 10, seed=1))) == 10
     assert list(gallery_indices(4, 10, seed=1)) == [0, 1, 2, 3]  # fewer test images than asked
+
+
+def test_figures_can_be_switched_off_and_the_tables_stay(
+    make_cfg, tiny_clothing, clothing_root
+) -> None:
+    """A screen trial draws no figures (conf/sweep/grid.yaml): drawing them was most of its
+    teardown. Its metrics and evaluation tables are logged all the same."""
+    cfg = make_cfg(
+        *tiny_clothing,
+        "trainer.max_epochs=1",
+        f"dataset.root={clothing_root}",
+        "tracking.log_model=false",
+        "tracking.plots=false",
+    )
+    train(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["status"] == "finished" and "test_acc" in run.data.metrics
+    assert not client.list_artifacts(run.info.run_id, "plots")
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/per_class.csv" in evaluation
+    assert not [p for p in evaluation if p.endswith(".png")]

@@ -133,6 +133,17 @@ def test_full_stage_trains_the_screens_top_k(client):
     assert {"comparison.csv", "comparison.md"} <= artifacts
 
 
+def test_screen_trials_draw_no_figures_and_full_runs_do(client):
+    """Figures for the few full runs; a screen trial's teardown stays short."""
+    screened = [r for r in stage_runs(client, "screen")[1] if r.data.tags["status"] == "finished"]
+    full = stage_runs(client, "full")[1][0]
+    assert screened and all(not client.list_artifacts(r.info.run_id, "plots") for r in screened)
+    assert {a.path for a in client.list_artifacts(full.info.run_id, "plots")} >= {
+        "plots/learning_curves.png",
+        "plots/gallery.png",
+    }
+
+
 def test_swept_values_are_optuna_params_so_optunas_tools_read_the_study(workdir, swept):
     screen = study(workdir, "screen")
     for trial in screen.trials:

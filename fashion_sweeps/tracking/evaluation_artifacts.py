@@ -80,8 +80,9 @@ def _write_png(path: Path, figure: Figure) -> Path:
     return path
 
 
-def write_evaluation(evaluation: Evaluation, folder: Path) -> list[Path]:
-    """Write every evaluation file into `folder`; returns their paths."""
+def write_evaluation(evaluation: Evaluation, folder: Path, figures: bool = True) -> list[Path]:
+    """Write the evaluation files into `folder`, the confusion-matrix images if `figures`;
+    returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     classes = evaluation.classes
     counts = pd.DataFrame(evaluation.confusion, index=classes, columns=classes)
@@ -96,13 +97,18 @@ def write_evaluation(evaluation: Evaluation, folder: Path) -> list[Path]:
         "not_in_test": evaluation.not_in_test,
     }
     overall = {k: _finite_or_none(v) for k, v in evaluation.overall.items()}
-    return [
+    tables = [
         folder / "per_class.csv",
         _write_json(folder / "per_class.json", _records(evaluation.per_class)),
         _write_json(folder / "overall.json", overall),
         _write_json(folder / "tail.json", tail),
         folder / "confusion_counts.csv",
         folder / "confusion_normalised.csv",
+    ]
+    if not figures:
+        return tables
+    return [
+        *tables,
         _write_png(
             folder / "confusion_counts.png",
             confusion_figure(evaluation.confusion, classes, normalised=False),
@@ -114,9 +120,11 @@ def write_evaluation(evaluation: Evaluation, folder: Path) -> list[Path]:
     ]
 
 
-def log_evaluation(run: TrackedRun, evaluation: Evaluation, folder: Path) -> list[Path]:
+def log_evaluation(
+    run: TrackedRun, evaluation: Evaluation, folder: Path, figures: bool = True
+) -> list[Path]:
     """Write the evaluation files into `folder` and log them to the run under `evaluation/`."""
-    paths = write_evaluation(evaluation, folder)
+    paths = write_evaluation(evaluation, folder, figures)
     for path in paths:
         run.log_file(path, ARTIFACT_DIR)
     return paths

@@ -1,5 +1,5 @@
 """What a finished run leaves for people to look at and use: learning curves, the prediction
-gallery and the deployable model  (conf/tracking/: `log_model`, `gallery_size`).
+gallery and the deployable model  (conf/tracking/: `plots`, `log_model`, `gallery_size`).
 
 Each is logged on its own: one that fails is recorded as a `skipped_<name>` tag with the reason
 and logged as a warning, and the run (already trained, tested and measured) still finishes.
@@ -43,7 +43,22 @@ def log_run_results(
     """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images`:
     (N, H, W, C) uint8, in the order of `predictions`), and, when `tracking.log_model`, the
     model with two test images as input example. `accuracy`: the test accuracy beside its
-    baselines, for the gallery's title."""
+    baselines, for the gallery's title. Without `tracking.plots`, neither figure."""
+    if tracking.get("plots", True):
+        _log_figures(run, test_images, predictions, tracking, seed, accuracy)
+    if tracking.get("log_model", True):
+        example = np.asarray(test_images[:2]).transpose(0, 3, 1, 2)
+        _attempt(run, "model", lambda: log_classifier(run, model, example))
+
+
+def _log_figures(
+    run: TrackedRun,
+    test_images: np.ndarray,
+    predictions: Predictions,
+    tracking: DictConfig,
+    seed: int,
+    accuracy: str,
+) -> None:
     _attempt(run, "learning_curves", lambda: log_learning_curves(run))
     _attempt(
         run,
@@ -59,6 +74,3 @@ def log_run_results(
             accuracy=accuracy,
         ),
     )
-    if tracking.get("log_model", True):
-        example = np.asarray(test_images[:2]).transpose(0, 3, 1, 2)
-        _attempt(run, "model", lambda: log_classifier(run, model, example))
