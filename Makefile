@@ -35,13 +35,13 @@ install:  ## create .venv and install the package (editable) with its test tools
 	$(BIN)/pip install --quiet -e ".[test,dashboard,postgres]"
 
 test:  ## the test suite (offline, CPU, tiny data; about 7 minutes on 2 cores; TEST_WORKERS=2)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow:  ## also the long checks (real data in ../shared/data, the whole demo, killed workers)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 test-cluster:  ## the cluster tests on a local SLURM and PostgreSQL (as root: .ci/cluster up first)
-	$(BIN)/pytest -q -m "cluster and not slow"
+	$(BIN)/pytest -q -m "cluster and not slow" --durations=0
 
 lint:  ## ruff lint and format check
 	$(BIN)/ruff check .
