@@ -34,20 +34,20 @@ def _attempt(run: TrackedRun, name: str, step: Callable[[], object]) -> None:
 def log_run_results(
     run: TrackedRun,
     model: Classifier,
-    test_images: np.ndarray,
+    test_images: Callable[[], np.ndarray],
     predictions: Predictions,
     tracking: DictConfig,
     seed: int,
     accuracy: str = "",
 ) -> None:
-    """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images`:
+    """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images()`:
     (N, H, W, C) uint8, in the order of `predictions`), and, when `tracking.log_model`, the
     model with two test images as input example. `accuracy`: the test accuracy beside its
     baselines, for the gallery's title. Without `tracking.plots`, neither figure."""
     if tracking.get("plots", True):
-        _log_figures(run, test_images, predictions, tracking, seed, accuracy)
+        _log_figures(run, test_images(), predictions, tracking, seed, accuracy)
     if tracking.get("log_model", True):
-        example = np.asarray(test_images[:2]).transpose(0, 3, 1, 2)
+        example = np.asarray(test_images()[:2]).transpose(0, 3, 1, 2)
         _attempt(run, "model", lambda: log_classifier(run, model, example))
 
 
