@@ -156,6 +156,9 @@ def run_benches(
             f"backbone={args.backbone.split(',')[0]}",
             "backbone.freeze=true",
             f"trainer.max_epochs={args.epochs}",
+            # As the screen runs its trials (conf/sweep/grid.yaml: sweep.screen).
+            "tracking.log_model=false",
+            "tracking.plots=false",
         ]
         results["profile"] = profile_trial(
             bench_cfg(root, work, "profile", size, *frozen, cache=screen.cache_dir(True))
