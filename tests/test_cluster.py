@@ -361,13 +361,15 @@ def test_a_condition_of_a_worker_killed_by_scancel_is_trained_by_a_later_worker(
     storage = database()
     args = [
         *SCREEN, "sweep.name=kill", "backbone=mlp", "optimizer.lr=0.01,0.001",
-        "sweep.screen.max_epochs=15", "dataset.batch_size=8", f"hydra.sweeper.storage={storage}",
+        "sweep.screen.max_epochs=60", "sweep.screen.patience=60", "dataset.batch_size=8", f"hydra.sweeper.storage={storage}",
         f"tracking.dir={tmp_path / 'mlruns'}",
     ]  # fmt: skip
     first = submit_worker(tmp_path, args, wait=False).stdout.strip()
     stage = tmp_path / "multirun/sweeps/kill/screen"
     deadline = time.monotonic() + 300
-    while not list(stage.glob("*/*/*/*/checkpoints/last.ckpt")):  # mid-condition
+    # 60 epochs of ~0.1 s without early stopping: the kill lands mid-condition. (A SIGTERM during
+    # a condition's test lets it finish and stops before the next: nothing would be left.)
+    while not list(stage.glob("*/*/*/*/checkpoints/last.ckpt")):
         assert slurm("squeue", "-h", "-j", first, "-o", "%T"), "the worker ended before its kill"
         assert time.monotonic() < deadline, "the first worker never reached a checkpoint"
         time.sleep(1)
