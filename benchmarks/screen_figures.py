@@ -9,6 +9,7 @@ absent ones as None. Pure functions: tests/test_bench.py checks them on hand-bui
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -25,26 +26,20 @@ def sample_grid(
     """The sub-grid of `per_backbone` conditions made of the first values of each list (the
     learning rates vary first, then the optimizers, then the heads), so that one screen process
     runs the sample; 0 or the whole grid's size: the whole grid."""
-    size = len(heads) * len(optimizers) * len(lrs)
-    if per_backbone in (0, size):
+    if per_backbone == 0:
         return list(heads), list(optimizers), list(lrs)
-    for h in range(1, len(heads) + 1):
-        for o in range(1, len(optimizers) + 1):
-            for n_lr in range(1, len(lrs) + 1):
-                if h * o * n_lr == per_backbone:
-                    return list(heads[:h]), list(optimizers[:o]), list(lrs[:n_lr])
-    counts = sorted(
-        {
-            h * o * n
-            for h in range(1, len(heads) + 1)
-            for o in range(1, len(optimizers) + 1)
-            for n in range(1, len(lrs) + 1)
-        }
-    )
-    raise ValueError(
-        f"--uncached-conditions {per_backbone}: the sample is a sub-grid of the first heads, "
-        f"optimizers and learning rates; per backbone it can hold {counts} conditions"
-    )
+    # (heads, optimizers, lrs) taken, fewest heads first, then fewest optimizers.
+    shapes = itertools.product(*(range(1, len(v) + 1) for v in (heads, optimizers, lrs)))
+    sizes = {}
+    for h, o, n in shapes:
+        sizes.setdefault(h * o * n, (h, o, n))
+    if per_backbone not in sizes:
+        raise ValueError(
+            f"--uncached-conditions {per_backbone}: the sample is a sub-grid of the first heads, "
+            f"optimizers and learning rates; per backbone it can hold {sorted(sizes)} conditions"
+        )
+    h, o, n = sizes[per_backbone]
+    return list(heads[:h]), list(optimizers[:o]), list(lrs[:n])
 
 
 def by_backbone(trials: Sequence[Trial]) -> dict[str, list[Trial]]:

@@ -63,6 +63,8 @@ SWEEP_BOOKKEEPING_KEYS = frozenset(
         "sweep.stage",
         "sweep.screen.log_model",
         "sweep.full.log_model",
+        "sweep.screen.plots",
+        "sweep.full.plots",
         "hydra.sweeper.storage",
         "hydra.sweeper.study_name",
         "hydra.sweeper.n_jobs",

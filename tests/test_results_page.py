@@ -392,7 +392,10 @@ SCREEN = "fashion-sweeps train sweep=grid experiment=demo dataset.root=d {extra}
 
 def test_a_sweeps_changes_are_its_own_overrides_that_change_what_it_finds() -> None:
     recipe = Recipe("demo", "clothing", sweep="demo", sweep_params={"head": "fc", "lr": "1,2"})
-    as_written = "sweep.name=x tracking.experiment=t sweep.full.log_model=false head=fc seed=3"
+    as_written = (
+        "sweep.name=x tracking.experiment=t sweep.full.log_model=false sweep.screen.plots=true "
+        "head=fc seed=3"
+    )
     assert sweep_arguments(SCREEN.format(extra=as_written) + " backbone=a 'lr=1'")[-1] == "seed=3"
     assert sweep_changes(sweep_arguments(SCREEN.format(extra=as_written)), recipe) == ""
     changed = "sweep=tpe sweep.full.top_k=2 hydra.sweeper.n_trials=5 head=mlp label_smoothing=0.1"

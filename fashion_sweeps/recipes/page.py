@@ -27,7 +27,7 @@ from fashion_sweeps.recipes.figures import (
 )
 from fashion_sweeps.recipes.runs import Group, RunRecord, group_runs, recipe_runs
 from fashion_sweeps.recipes.sweep_page import sweep_lines, sweep_summary
-from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_sweep, recipe_sweeps
+from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_champion, recipe_sweeps
 
 PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
@@ -293,8 +293,7 @@ def console_table(
         met = target_verdict(recipe, group)
         if recipe.sweep:  # its sweep runs; the champion of the one that counts
             n = len((sweeps or {}).get(name, ()))
-            counted = counted_sweep((sweeps or {}).get(name, ()))
-            best = counted.champion if counted else None
+            best = counted_champion((sweeps or {}).get(name, ()))
             acc = fmt("test_acc", best.metrics.get("test_acc")) if best else "not run here"
             met = verdict(recipe.target, best.metrics) if best else "—"
         target = fmt_figures(recipe.target, "≥ ") if recipe.target else "—"

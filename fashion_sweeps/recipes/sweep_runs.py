@@ -93,13 +93,11 @@ def _status(parents: Mapping[str, Run], best_stage: str, best: Run | None) -> st
     return COMPLETE
 
 
-def _wall_time(parents: Mapping[str, Run], runs: Iterable[Run]) -> float | None:
+def _wall_time(started_ms: int, runs: Iterable[Run]) -> float | None:
     """Seconds from the first stage's start to the end of the last condition run. Not to the
     stage parents' end: a later invocation that finds nothing left to train ends them again."""
     ends = [r.info.end_time for r in runs if r.info.end_time]
-    if not ends:
-        return None
-    return (max(ends) - min(p.info.start_time for p in parents.values())) / 1000
+    return (max(ends) - started_ms) / 1000 if ends else None
 
 
 def read_sweep(client: MlflowClient, name: str, recipe: Recipe) -> SweepRecord | None:
@@ -114,10 +112,11 @@ def read_sweep(client: MlflowClient, name: str, recipe: Recipe) -> SweepRecord |
     arguments = _stage_arguments(runs)
     words = list(dict.fromkeys(w for a in arguments.values() for w in a))
     screen = runs.get("screen")
+    started_ms = min(p.info.start_time for p in parents.values())
     return SweepRecord(
         name=name,
-        started=datetime.fromtimestamp(min(p.info.start_time for p in parents.values()) / 1000),
-        wall_time_s=_wall_time(parents, (r for stage in runs.values() for r in stage)),
+        started=datetime.fromtimestamp(started_ms / 1000),
+        wall_time_s=_wall_time(started_ms, (r for stage in runs.values() for r in stage)),
         screened=None
         if screen is None
         else (sum(r.data.tags.get("status") == "finished" for r in screen), len(screen)),
@@ -155,3 +154,9 @@ def recipe_sweeps(client: MlflowClient, recipe: Recipe) -> list[SweepRecord]:
 def counted_sweep(sweeps: Iterable[SweepRecord]) -> SweepRecord | None:
     """The sweep whose champion stands for the recipe: the latest complete one as written."""
     return next((s for s in sweeps if s.complete and s.changes == ""), None)
+
+
+def counted_champion(sweeps: Iterable[SweepRecord]) -> RunRecord | None:
+    """The run that stands for a sweep recipe: the champion of its counted sweep."""
+    counted = counted_sweep(sweeps)
+    return counted.champion if counted else None

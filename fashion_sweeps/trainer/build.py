@@ -43,21 +43,11 @@ class StopWhenAsked(Callback):
     written there. When Lightning's own SIGTERM handler saw it, Lightning stops instead, on
     every DDP process at the same batch."""
 
-    def _check(self, trainer: pl.Trainer) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if not trainer.received_sigterm:
             interrupts.check()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._check(trainer)
-
-    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._check(trainer)
-
-    def on_test_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._check(trainer)
-
-    def on_predict_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._check(trainer)
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = on_train_batch_start
 
 
 class TrainerConfigError(ValueError):
