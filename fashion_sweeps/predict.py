@@ -89,12 +89,16 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
         return f"unreadable image ({type(err).__name__}: {err})"
 
 
-def load_tagging_model(uri: str):
-    """The pyfunc model at `uri`, with its input's channels (signature) and image size."""
+def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
+    """The pyfunc model at `uri`, run by `engine` in `precision` (inference/engines.py), with its
+    input's channels (signature) and image size."""
     import mlflow.pyfunc
 
+    from fashion_sweeps.inference import engines
+
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with engines.environment(engine, precision):
+            model = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # MlflowException, OSError for a missing local path, ...
         raise ModelUnavailableError(
             f"Cannot load the model {uri!r} ({err}). Register the best model of a sweep with "
@@ -113,6 +117,14 @@ def load_tagging_model(uri: str):
     # fixed it), so that the model need not resize them again.
     size = (model.metadata.metadata or {}).get("image_size", shape[2])
     return model, int(shape[1]), int(size)
+
+
+def engine_of(model) -> str:
+    """The engine the model's forward passes ran on (models logged by this package)."""
+    try:
+        return str(model.unwrap_python_model().engine)
+    except AttributeError:  # another package's pyfunc
+        return "its own engine"
 
 
 def model_figures(model, client: MlflowClient) -> str:
@@ -237,6 +249,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
+        "--engine",
+        choices=("auto", "torch", "openvino"),
+        default="auto",
+        help="inference engine (default auto: OpenVINO on a CPU, PyTorch on a GPU)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "f32", "bf16"),
+        default="auto",
+        help="its precision (default auto: bf16 with OpenVINO where the CPU computes it)",
+    )
+    parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow store holding the model (default: as training, $MLFLOW_TRACKING_URI or mlruns/)",
@@ -277,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         client = open_tool_store(args.tracking_uri)
-        model, channels, size = load_tagging_model(args.model)
+        model, channels, size = load_tagging_model(args.model, args.engine, args.precision)
     except (ModelUnavailableError, TrackingUnavailableError) as err:
         print(f"fashion-sweeps predict: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -286,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"Tagged {summary.images} images in {summary.seconds:.1f}s "
-        f"({summary.images_per_second:.1f} images/s): {summary.needs_review} need review "
+        f"({summary.images_per_second:.1f} images/s, {engine_of(model)}): "
+        f"{summary.needs_review} need review "
         f"(top-1 probability < {args.min_confidence}), {summary.unreadable} unreadable. "
         f"Rows in {args.out}.{model_figures(model, client)}"
     )

@@ -41,6 +41,8 @@ from fashion_sweeps.evaluation import (
     evaluate,
     tail_summary,
 )
+from fashion_sweeps.inference import engines
+from fashion_sweeps.inference.engines import Engine, InferenceConfigError
 from fashion_sweeps.models.backbones import ImageSizeError, WeightsUnavailableError
 from fashion_sweeps.models.classifier import TestTimeError, classifier_for, crop_areas
 from fashion_sweeps.models.features import FeatureCacheError, apply_feature_cache
@@ -57,7 +59,12 @@ from fashion_sweeps.tracking.runs import (
     TrackingUnavailableError,
     lost_store,
 )
-from fashion_sweeps.trainer.build import TrainerConfigError, build_trainer, check_trainer_options
+from fashion_sweeps.trainer.build import (
+    TrainerConfigError,
+    build_trainer,
+    check_trainer_options,
+    run_device,
+)
 from fashion_sweeps.trainer.clock import TrialClock
 from fashion_sweeps.trainer.distributed import (
     check_relaunch_possible,
@@ -66,6 +73,7 @@ from fashion_sweeps.trainer.distributed import (
     mark_data_ready,
     wait_for_rank_zero_data,
 )
+from fashion_sweeps.trainer.speed import Speed, resolve_speed
 
 log = logging.getLogger(__name__)
 # `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.
@@ -85,6 +93,11 @@ def image_cache_dir(cfg: DictConfig) -> str | None:
     return cache.get("dir") if cache.get("images") else None
 
 
+def inference_engine(cfg: DictConfig) -> Engine:
+    """The engine of the run's forward passes that train nothing (conf/inference/)."""
+    return engines.from_config(cfg.get("inference"), run_device(cfg.trainer))
+
+
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     """One run. `callbacks` are extra Lightning callbacks (e.g. the benchmark's clock)."""
     start = time.perf_counter()
@@ -97,6 +110,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
     check_optimizer(cfg.optimizer)
+    inference_engine(cfg)
     # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
     check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
@@ -164,11 +178,15 @@ def _fit_and_test(
     wait_for_rank_zero_data(out)  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
     _log_data(cfg, run, data)
-    module = _module(cfg, run, data)
+    module, speed = _module(cfg, run, data)
     mark_data_ready(out)
     clock = TrialClock(start)  # overhead around the training steps, logged by _test
     trainer, checkpoint = build_trainer(
-        cfg.trainer, out, logger=run.lightning_logger(), callbacks=[clock, *(callbacks or [])]
+        cfg.trainer,
+        out,
+        logger=run.lightning_logger(),
+        callbacks=[clock, *(callbacks or [])],
+        precision=speed.precision,
     )
     check_relaunch_possible(trainer)
     best = _fit(cfg, run, trainer, checkpoint, module, data, resume_from, start)
@@ -213,21 +231,30 @@ def _log_data(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> None
     )
 
 
-def _module(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> ClassifierModule:
-    """The LightningModule of the run's classifier; with a frozen backbone, on its cached
-    features (models/features.py), whose use the run records."""
+def _module(
+    cfg: DictConfig, run: TrackedRun, data: FashionDataModule
+) -> tuple[ClassifierModule, Speed]:
+    """The LightningModule of the run's classifier, and the precision and layout it trains in
+    (trainer/speed.py); with a frozen backbone, on its cached features (models/features.py),
+    whose use the run records."""
     model = classifier_for(cfg, data.data)
-    if cfg.trainer.get("channels_last"):
-        # NHWC weights: oneDNN's CPU convolutions (and cuDNN's with mixed precision) run faster;
-        # 1.5x for the Fashion-MNIST CNN on 2 cores. Convolutions follow their weights' layout.
+    speed = resolve_speed(cfg.trainer, model, run_device(cfg.trainer))
+    if speed.channels_last:
+        # NHWC weights: oneDNN's CPU convolutions (and cuDNN's with mixed precision) run faster.
         # Before Lightning wraps the model (DDP keeps views of the parameters as they are then).
         model.to(memory_format=torch.channels_last)
+    run.log_params({"train_precision": speed.precision, "channels_last": speed.channels_last})
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
     cache = cfg.get("cache") or {}
-    features = apply_feature_cache(cache.get("features", False), cache.get("dir"), model, data)
+    engine = inference_engine(cfg)
+    features = apply_feature_cache(
+        cache.get("features", False), cache.get("dir"), model, data, engine
+    )
+    # The engine whose features the head trains on (after any fallback), else the configured one.
+    run.log_params((features.engine or engine).params)
     run.set_tags({"image_cache": data.data.image_cache, "feature_cache": features.status})
     run.log_metrics({"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds})
-    return ClassifierModule(
+    module = ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),
         scheduler=scheduler,
@@ -236,6 +263,7 @@ def _module(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> Classi
         on_features=features.active,
         augment=data.train_augmentation(),
     )
+    return module, speed
 
 
 @dataclass(frozen=True)
@@ -262,7 +290,7 @@ def _fit(
     if is_knn(cfg.head):
         # Nothing to optimise (models/knn.py): store the training features, validate once.
         path = run_folder.knn_checkpoint(output_dir(cfg))
-        return _Best(path, fit_knn(trainer, module, data, path), 0)
+        return _Best(path, fit_knn(trainer, module, data, path, inference_engine(cfg)), 0)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if module.diverged:
         run.set_tags({"status": "diverged", "failure_reason": module.divergence})
@@ -355,6 +383,7 @@ USER_ERRORS = (
     DataError,
     FeatureCacheError,
     ImageSizeError,
+    InferenceConfigError,
     KnnConfigError,
     OptimizerConfigError,
     SamplerError,

@@ -14,8 +14,10 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.inference.engines import Engine
 from fashion_sweeps.models.classifier import Classifier, Preprocess, classifier_for
 from fashion_sweeps.models.features import (
+    TORCH_F32,
     FeatureCacheError,
     apply_feature_cache,
     features_key,
@@ -78,7 +80,8 @@ def run_metrics(cfg, condition_tag: str) -> tuple[dict[str, float], dict[str, st
 
 
 def test_cached_features_train_the_same_head(make_cfg, fmnist_root: Path) -> None:
-    base = ["dataset=fashion_mnist", f"dataset.root={fmnist_root}", *FROZEN]
+    # PyTorch computes the features: the same numbers as the uncached path's forward passes.
+    base = ["dataset=fashion_mnist", f"dataset.root={fmnist_root}", *FROZEN, "inference=torch"]
     results = {}
     for case, features in (("images", "false"), ("miss", "true"), ("hit", "auto")):
         cfg = case_cfg(make_cfg, *base, f"cache.features={features}", f"+tracking.tags.case={case}")
@@ -122,7 +125,8 @@ def test_features_are_what_the_deployable_model_computes(make_cfg, fmnist_root: 
     norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [m.running_var.clone() for m in norms]
     pixels = data.data.pixels[:20]
-    features = pooled_features(model, pixels, batch_size=7)
+    features, engine = pooled_features(model, pixels, batch_size=7)
+    assert engine == TORCH_F32
     assert all(torch.equal(b, m.running_var) for b, m in zip(before, norms, strict=True))
     assert model.head.training  # the caller's modes are restored
     model.eval()
@@ -138,11 +142,15 @@ def test_key_follows_backbone_weights_and_data(make_cfg, fmnist_root: Path) -> N
     _, _, same = frozen_setup(make_cfg, fmnist_root)
     _, _, other_seed = frozen_setup(make_cfg, fmnist_root, "seed=3")
     _, _, other_head = frozen_setup(make_cfg, fmnist_root, "head=fc")
-    key = features_key(model, "data-a")
-    assert features_key(same, "data-a") == key
-    assert features_key(other_head, "data-a") == key  # the head is not part of the features
-    assert features_key(other_seed, "data-a") != key
-    assert features_key(model, "data-b") != key
+    key = features_key(model, "data-a", TORCH_F32)
+    assert features_key(same, "data-a", TORCH_F32) == key
+    assert features_key(other_head, "data-a", TORCH_F32) == key  # the head is not in the features
+    assert features_key(other_seed, "data-a", TORCH_F32) != key
+    assert features_key(model, "data-b", TORCH_F32) != key
+    # Each engine and precision computes features of its own.
+    assert features_key(model, "data-a", Engine("openvino", "bf16")) != key
+    assert features_key(model, "data-a", Engine("openvino", "f32")) != key
+    assert features_key(model, "data-a", Engine("torch", "bf16")) != key
 
 
 @pytest.mark.parametrize(
@@ -171,10 +179,10 @@ def test_key_of_a_pretrained_backbone_follows_its_weights(tmp_path: Path) -> Non
         backbone = efficientnet_lite0(freeze=True, **options)
         return Classifier(Preprocess(3, [0.5] * 3, [0.5] * 3), backbone, nn.Identity(), "ab", 32)
 
-    key = features_key(model(), "data")
-    assert features_key(model(pretrained=True), "data") == key
-    assert features_key(model(pretrained=False), "data") != key
+    key = features_key(model(), "data", TORCH_F32)
+    assert features_key(model(pretrained=True), "data", TORCH_F32) == key
+    assert features_key(model(pretrained=False), "data", TORCH_F32) != key
     tuned = efficientnet_lite0().state_dict()
     tuned["blocks.8.0.weight"] = tuned["blocks.8.0.weight"] * 1.01
     torch.save(tuned, tmp_path / "tuned.pth")
-    assert features_key(model(weights_path=str(tmp_path / "tuned.pth")), "data") != key
+    assert features_key(model(weights_path=str(tmp_path / "tuned.pth")), "data", TORCH_F32) != key

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from fashion_sweeps.data.decode import resize_pixels
+from fashion_sweeps.inference import engines
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
 from fashion_sweeps.tracking.model_logging import log_classifier, register
@@ -51,7 +52,8 @@ def images(n: int, channels: int = 3, size: int = 16) -> np.ndarray:
     return rng.integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
 
 
-def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun) -> None:
+def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun, monkeypatch) -> None:
+    monkeypatch.setenv(engines.ENGINE_ENV, "torch")  # the module's own numbers, to 1e-5
     module = tiny_module()
     x = images(6)
     uri = log_classifier(run, module.model, x[:2])
@@ -66,6 +68,25 @@ def test_pyfunc_predicts_what_the_lightning_module_predicts(run: TrackedRun) -> 
     np.testing.assert_allclose(out[CLASSES].to_numpy(), expected, rtol=1e-5, atol=1e-6)
     assert list(out["label"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(out["probability"], expected.max(axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["f32", "auto"])
+def test_the_served_model_runs_on_the_engine_the_environment_chooses(
+    run: TrackedRun, monkeypatch, precision: str
+) -> None:
+    module = tiny_module()
+    x = images(40)
+    uri = log_classifier(run, module.model, x[:2])
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)  # auto: OpenVINO on this CPU
+    monkeypatch.setenv(engines.PRECISION_ENV, precision)
+    model = mlflow.pyfunc.load_model(uri)
+    out = model.predict(x)
+    assert model.unwrap_python_model().engine == engines.choose("auto", precision)
+    module.eval()
+    with torch.no_grad():
+        expected = torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
+    tolerance = 1e-4 if precision == "f32" else 2e-2  # bf16 keeps about 3 significant digits
+    np.testing.assert_allclose(out[CLASSES].to_numpy(), expected, atol=tolerance)
 
 
 def test_images_at_other_sizes_are_resized_as_predict_does(run: TrackedRun) -> None:

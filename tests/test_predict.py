@@ -166,3 +166,21 @@ def test_an_unwritable_out_is_one_paragraph(store, photos, tmp_path, capsys, whe
     err = capsys.readouterr().err
     assert f"cannot write {out}" in err and "--out" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_both_engines_tag_alike_and_the_closing_line_names_the_engine(
+    store, photos, tmp_path, capsys
+):
+    tagged = {}
+    for engine in ("torch", "openvino"):
+        out = tmp_path / f"{engine}.csv"
+        args = [str(photos), "--tracking-uri", store, "--out", str(out), "--engine", engine]
+        assert main([*args, "--precision", "f32"]) == 0
+        assert f"images/s, {engine} f32)" in capsys.readouterr().out
+        tagged[engine] = rows(out)
+    for ours, theirs in zip(tagged["torch"], tagged["openvino"], strict=True):
+        assert ours["path"] == theirs["path"] and ours["label_1"] == theirs["label_1"]
+        if ours["probability_1"]:
+            assert float(ours["probability_1"]) == pytest.approx(
+                float(theirs["probability_1"]), abs=2e-4
+            )

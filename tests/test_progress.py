@@ -46,9 +46,9 @@ def test_frozen_features_report_their_progress(monkeypatch, caplog):
         pooled_features(model, pixels, batch_size=2)
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(",")[0] for line in lines] == [
-        "Frozen features: 2/5 images",
-        "Frozen features: 4/5 images",
-        "Frozen features: 5/5 images",
+        "Frozen features (torch f32): 2/5 images",
+        "Frozen features (torch f32): 4/5 images",
+        "Frozen features (torch f32): 5/5 images",
     ]
 
 

@@ -50,7 +50,7 @@ class TestTimeError(ValueError):
 def center_crop(x: torch.Tensor, area: float) -> torch.Tensor:
     """The centred crop of `area` (a fraction of the image) resized back to the image's size:
     torchvision's CenterCrop + Resize, on a batch."""
-    h, w = x.shape[-2:]
+    h, w = (int(s) for s in x.shape[-2:])  # plain ints: a traced graph (OpenVINO, ONNX) too
     ch, cw = max(1, round(h * area**0.5)), max(1, round(w * area**0.5))
     if (ch, cw) == (h, w):
         return x
@@ -117,7 +117,8 @@ class Classifier(nn.Module):
             return self.head(self.backbone(views[0]))
         # One pass over every view (eval-mode BatchNorm treats images independently).
         logits = self.head(self.backbone(torch.cat(views)))
-        return logits.view(len(views), len(x), -1).mean(0)
+        # -1: any batch size in a converted graph (its batch dimension stays dynamic).
+        return logits.reshape(len(views), -1, logits.shape[-1]).mean(0)
 
 
 def build_classifier(

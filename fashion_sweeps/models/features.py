@@ -6,8 +6,9 @@ features of all prepared images are computed once, stored on disk (data/array_st
 head trains on them; the datamodule serves feature rows where it served images.
 
 The entry's key covers all the features depend on: the data (files, image size: the prepared
-data's fingerprint), the preprocessing (normalisation statistics) and the backbone (architecture
-and every weight and buffer). Pretrained backbones therefore share one entry across seeds and
+data's fingerprint), the preprocessing (normalisation statistics), the backbone (architecture
+and every weight and buffer) and the inference engine and precision that computed them
+(inference/engines.py: OpenVINO's bf16 features differ from PyTorch's fp32 ones). Pretrained backbones therefore share one entry across seeds and
 conditions; a randomly initialised one shares it across the conditions of one seed.
 """
 
@@ -21,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fashion_sweeps import interrupts
 from fashion_sweeps.data.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.inference.engines import Engine, compile_images
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.progress import ProgressLines
 
@@ -42,11 +45,13 @@ class FeatureCacheError(ValueError):
 @dataclass
 class FeatureUse:
     """What the feature cache did for a run: `status` hit / miss (computed, then stored) / off /
-    not_applicable, why, and the seconds spent loading or computing."""
+    not_applicable, why, the seconds spent loading or computing, and the engine whose features
+    the run trains on (None: no features)."""
 
     status: str
     reason: str = ""
     seconds: float = 0.0
+    engine: Engine | None = None
 
     @property
     def active(self) -> bool:
@@ -68,12 +73,12 @@ def feature_cache_blockers(model: Classifier, data: FashionDataModule) -> list[s
     return blockers
 
 
-def features_key(model: Classifier, data_fingerprint: str) -> str:
-    """SHA-256 of the data fingerprint, the preprocessing and the backbone (structure and
-    every weight and buffer)."""
+def features_key(model: Classifier, data_fingerprint: str, engine: Engine) -> str:
+    """SHA-256 of the data fingerprint, the preprocessing, the backbone (structure and every
+    weight and buffer) and the engine with its precision."""
     digest = hashlib.sha256(
         f"{FEATURES_VERSION}\0{data_fingerprint}\0{model.preprocess.channels}\0"
-        f"{model.backbone!r}".encode()
+        f"{engine.name}\0{engine.precision}\0{model.backbone!r}".encode()
     )
     for prefix, part in (("preprocess", model.preprocess), ("backbone", model.backbone)):
         for name, tensor in part.state_dict().items():
@@ -82,26 +87,28 @@ def features_key(model: Classifier, data_fingerprint: str) -> str:
     return digest.hexdigest()
 
 
-@torch.inference_mode()
-def pooled_features(model: Classifier, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    """`backbone(preprocess(images))` for every image, (N, out_features) float32, in eval mode:
-    BatchNorm uses its running statistics, dropout is off, exactly as in frozen training."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = np.empty((len(pixels), model.backbone.out_features), dtype=np.float32)
-        progress = ProgressLines(log)
-        for start in range(0, len(pixels), batch_size):
-            interrupts.check()
-            batch = np.ascontiguousarray(pixels[start : start + batch_size])
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-            out[start : start + len(x)] = model.backbone(model.preprocess(x)).float().numpy()
-            done = start + len(x)
-            left = (time.perf_counter() - progress.start) / done * (len(pixels) - done)
-            progress.update(f"Frozen features: {done}/{len(pixels)} images", done, left)
-    finally:
-        model.train(was_training)
-    return out
+TORCH_F32 = Engine("torch", "f32")
+
+
+def pooled_features(
+    model: Classifier, pixels: np.ndarray, batch_size: int, engine: Engine = TORCH_F32
+) -> tuple[np.ndarray, Engine]:
+    """`backbone(preprocess(images))` for every image, (N, out_features) float32, in eval mode
+    (BatchNorm uses its running statistics, dropout is off, exactly as in frozen training), run
+    by `engine`. Returns the features and the engine that ran (PyTorch after a fallback)."""
+    network = nn.Sequential(model.preprocess, model.backbone)
+    compiled = compile_images(network, engine, tuple(pixels.shape[1:]))
+    out = np.empty((len(pixels), model.backbone.out_features), dtype=np.float32)
+    progress = ProgressLines(log)
+
+    def on_batch(done: int) -> None:
+        interrupts.check()
+        left = (time.perf_counter() - progress.start) / done * (len(pixels) - done)
+        progress.update(
+            f"Frozen features ({compiled.engine}): {done}/{len(pixels)} images", done, left
+        )
+
+    return compiled.map(pixels, batch_size, out, on_batch), compiled.engine
 
 
 def parse_mode(value: object) -> str | bool:
@@ -112,10 +119,15 @@ def parse_mode(value: object) -> str | bool:
 
 
 def apply_feature_cache(
-    mode: object, cache_dir: str | Path | None, model: Classifier, data: FashionDataModule
+    mode: object,
+    cache_dir: str | Path | None,
+    model: Classifier,
+    data: FashionDataModule,
+    engine: Engine = TORCH_F32,
 ) -> FeatureUse:
     """Make `data` serve the frozen backbone's features when `mode` (auto / true / false) and
-    the run allow it; load them from `cache_dir/features` or compute and store them there."""
+    the run allow it; load them from `cache_dir/features` or compute them with `engine` and
+    store them there."""
     mode = parse_mode(mode)
     if mode is False:
         return FeatureUse("off", "cache.features=false")
@@ -135,22 +147,25 @@ def apply_feature_cache(
     fingerprint = data.data.fingerprint
     # Without a data fingerprint the entry could not be told apart from another data set's.
     store = ArrayStore(Path(cache_dir) / "features") if cache_dir and fingerprint else None
-    key = features_key(model, fingerprint) if store is not None else ""
+    key = features_key(model, fingerprint, engine) if store is not None else ""
     entry = store.load(key) if store is not None else None
     if entry is not None:
         features, status = np.array(entry[0]), "hit"  # a private, writable copy in memory
     else:
-        features = pooled_features(model, data.data.pixels, data.cfg.batch_size)
-        if store is not None:
-            store.save(key, features, {"images": len(features)})
+        features, engine = pooled_features(model, data.data.pixels, data.cfg.batch_size, engine)
+        if store is not None:  # under the engine that ran: a fallback's features are PyTorch's
+            store.save(
+                features_key(model, fingerprint, engine), features, {"images": len(features)}
+            )
         status = "miss"
     data.use_features(torch.from_numpy(features))
     seconds = time.perf_counter() - start
     log.info(
-        "Feature cache %s: %d x %d features in %.1fs%s",
+        "Feature cache %s: %d x %d features (%s) in %.1fs%s",
         status,
         *features.shape,
+        engine,
         seconds,
         f" ({store.folder})" if store is not None else " (not stored: no cache.dir)",
     )
-    return FeatureUse(status, "", seconds)
+    return FeatureUse(status, "", seconds, engine)

@@ -31,7 +31,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule, train_augmentation
-from fashion_sweeps.models.features import pooled_features
+from fashion_sweeps.inference.engines import Engine
+from fashion_sweeps.models.features import TORCH_F32, pooled_features
 from fashion_sweeps.models.module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,11 @@ def check_knn_config(cfg: DictConfig) -> None:
 
 
 def fit_knn(
-    trainer: pl.Trainer, module: ClassifierModule, data: FashionDataModule, checkpoint: Path
+    trainer: pl.Trainer,
+    module: ClassifierModule,
+    data: FashionDataModule,
+    checkpoint: Path,
+    engine: Engine = TORCH_F32,
 ) -> float:
     """Store the training split's features in the kNN head of `module.model`, validate once
     through `trainer` (val_* metrics go to its logger, as every epoch's do in other runs), and
@@ -238,9 +243,8 @@ def fit_knn(
         features = data.features[rows]
     else:  # each image once, however often oversampling repeats it
         unique, repeats = np.unique(rows, return_inverse=True)
-        features = torch.from_numpy(
-            pooled_features(model, prepared.pixels[unique], data.cfg.batch_size)[repeats]
-        )
+        pooled, _ = pooled_features(model, prepared.pixels[unique], data.cfg.batch_size, engine)
+        features = torch.from_numpy(pooled[repeats])
     head.fit(features, torch.from_numpy(prepared.targets[rows]))
     log.info(
         "kNN head: %d training rows x %d features stored in %.1fs (k=%d, %s, %s weights)",

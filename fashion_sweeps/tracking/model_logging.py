@@ -22,15 +22,17 @@ import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+from torch import nn
 
 from fashion_sweeps.data.decode import resize_pixels
+from fashion_sweeps.inference import engines
+from fashion_sweeps.inference.engines import Compiled, Engine, compile_images
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.runs import TrackedRun
 
@@ -59,13 +61,20 @@ for _name in ("mlflow.pytorch", "mlflow.pyfunc"):
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """uint8 images (N, C, H, W) in, at any size (resized to the model's, as `fashion-sweeps
     predict` does); per image a row with the predicted `label`, its `probability`, and one
-    probability column per class name."""
+    probability column per class name. The forward pass runs on the inference engine the
+    environment chooses when the model loads (inference/engines.py: OpenVINO on a CPU unless
+    FASHION_SWEEPS_INFERENCE_ENGINE says otherwise), compiled at the first batch of each shape."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model: Classifier = mlflow.pytorch.load_model(
             context.artifacts["classifier"], map_location="cpu"
         )
         self.model.eval()
+        self.use_engine(engines.from_environment())
+
+    def use_engine(self, engine: Engine) -> None:
+        self.engine = engine
+        self._compiled: dict[tuple[int, ...], Compiled] = {}
 
     def predict(
         self,
@@ -73,9 +82,14 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        images = at_size(np.asarray(model_input), self.model.image_size)
-        probs = predict_probabilities(self.model, images)
-        return probability_frame(probs, self.model.classes)
+        images = at_size(np.asarray(model_input), self.model.image_size).transpose(0, 2, 3, 1)
+        compiled = self._compiled.get(images.shape[1:])
+        if compiled is None:
+            compiled = compile_images(probabilities_of(self.model), self.engine, images.shape[1:])
+            self._compiled[images.shape[1:]] = compiled
+            self.engine = compiled.engine  # PyTorch after a fallback
+        out = np.empty((len(images), len(self.model.classes)), dtype=np.float32)
+        return probability_frame(compiled.map(images, BATCH, out), self.model.classes)
 
 
 def at_size(images: np.ndarray, size: int) -> np.ndarray:
@@ -86,15 +100,9 @@ def at_size(images: np.ndarray, size: int) -> np.ndarray:
     return resize_pixels(images.transpose(0, 2, 3, 1), size).transpose(0, 3, 1, 2)
 
 
-@torch.no_grad()
-def predict_probabilities(model: Classifier, images: np.ndarray) -> np.ndarray:
-    """Softmax probabilities (N, classes) of uint8 images (N, C, H, W), in batches."""
-    model.eval()
-    out = [
-        torch.softmax(model(torch.from_numpy(np.ascontiguousarray(images[i : i + BATCH]))), dim=1)
-        for i in range(0, len(images), BATCH)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros((0, len(model.classes)), np.float32)
+def probabilities_of(model: Classifier) -> nn.Module:
+    """`model` (eval mode: with its test-time views) followed by a softmax over classes."""
+    return nn.Sequential(model, nn.Softmax(dim=1)).eval()
 
 
 def probability_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -126,7 +134,7 @@ def requirements() -> list[str]:
     subprocess. The model also imports `fashion_sweeps` (this package), which must be installed
     where it is served."""
     pins = []
-    for package in ("torch", "torchvision", "mlflow", "numpy", "pandas", "cloudpickle"):
+    for package in ("torch", "torchvision", "mlflow", "numpy", "pandas", "cloudpickle", "openvino"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
@@ -147,7 +155,9 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
     mlflow.set_experiment(experiment_id=run.experiment_id)
     # Logging validates the input example by loading the model: no download bars in run logs.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    with tempfile.TemporaryDirectory() as tmp:
+    # MLflow checks the input example by loading the model: PyTorch answers it at once, where
+    # OpenVINO would first convert the network.
+    with tempfile.TemporaryDirectory() as tmp, engines.environment("torch", "f32"):
         torch_dir = Path(tmp) / "classifier"
         mlflow.pytorch.save_model(
             model, torch_dir, pip_requirements=pins, serialization_format="pickle"

@@ -2,7 +2,7 @@
 
 Keys of `conf/trainer/*.yaml` go to `pytorch_lightning.Trainer` as they are, except the few this
 module consumes itself: `patience`, `progress`, `progress_every_s`, `ema_decay`; and
-`channels_last`, which train.py applies.
+`channels_last` and `precision: auto`, which trainer/speed.py resolves.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
@@ -102,6 +103,14 @@ class EpochSummary(Callback):
         )
 
 
+def run_device(cfg: DictConfig) -> str:
+    """ "cuda" when the run trains on a GPU, else "cpu" (before any Trainer exists)."""
+    accelerator = str(cfg.get("accelerator", "cpu")).lower()
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    return "cuda" if accelerator == "auto" and torch.cuda.is_available() else "cpu"
+
+
 def progress_bar_wanted(progress: str) -> bool:
     if progress not in ("auto", "bar", "lines"):
         raise TrainerConfigError(f"trainer.progress={progress!r}: use auto, bar or lines.")
@@ -152,9 +161,13 @@ def build_trainer(
     output_dir: Path,
     logger: Any = False,
     callbacks: list[Callback] | None = None,
+    precision: str | None = None,
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """A Trainer with EarlyStopping on val_loss and a best-checkpoint callback (returned too)."""
+    """A Trainer with EarlyStopping on val_loss and a best-checkpoint callback (returned too);
+    `precision`: `trainer.precision` resolved (trainer/speed.py)."""
     options = OmegaConf.to_container(cfg, resolve=True)
+    if precision is not None:
+        options["precision"] = precision
     patience = options.pop("patience")
     bar = progress_bar_wanted(options.pop("progress", "auto"))
     options.pop("channels_last", None)  # applied to the model by train.py, before any wrapping
