@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "docs/results.md from the recipe runs (or --run)",
     ),
     "predict": ("fashion_sweeps.predict:main", "tag images or folders with a logged model (CSV)"),
+    "export": (
+        "fashion_sweeps.inference.export:main",
+        "a logged model as ONNX / OpenVINO IR, checked against PyTorch",
+    ),
     "export-backbone": (
         "fashion_sweeps.models.export:main",
         "a run's backbone as a file for backbone.weights_path",
