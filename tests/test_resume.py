@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.tracking.job_run import RECORD, read_record, write_record
+from fashion_sweeps.tracking.job_run import RECORD, read_record, readable_checkpoint, write_record
 from fashion_sweeps.train import train
 
 EPOCHS = 30
@@ -163,3 +163,41 @@ def test_a_run_killed_after_a_worse_epoch_resumes_after_it_and_logs_each_step_on
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {sorted(steps)}"
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 6
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a hostile `last.ckpt` would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_last_checkpoint_is_never_unpickled(
+    make_cfg, fmnist_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+        "dataset.image_size=16", "trainer.max_epochs=1",
+    )  # fmt: skip
+    train(cfg)
+    out = Path(cfg.output_dir)
+    write_record(out, {**read_record(out), "status": "running"})
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": {}, "payload": _Planted(marker)}, out / "checkpoints" / "last.ckpt")
+    assert math.isfinite(train(cfg))
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+    assert "is damaged" in caplog.text  # set aside, never loaded; the run started over
+
+
+def test_a_real_last_checkpoint_loads_with_weights_only(make_cfg, fmnist_root: Path) -> None:
+    """What resume checks a checkpoint with: Lightning's own checkpoints pass it."""
+    cfg = make_cfg(
+        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+        "dataset.image_size=16", "trainer.max_epochs=1",
+    )  # fmt: skip
+    train(cfg)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    assert readable_checkpoint(last)

@@ -184,14 +184,16 @@ class SilentRun(TrackedRun):
 
 
 def readable_checkpoint(path: Path) -> bool:
-    """Whether `path` holds a checkpoint torch can open. A damaged one (a job killed while it was
-    copied, a full disk) would crash every rerun: rank 0 renames it `*.damaged-<time>` (kept for
-    a look, never loaded again) and the run starts over."""
+    """Whether `path` holds a checkpoint torch can open as data. A damaged one (a job killed while
+    it was copied, a full disk) would crash every rerun, and one holding other pickled objects
+    could run code when loaded: rank 0 renames it `*.damaged-<time>` (kept for a look, never
+    loaded again) and the run starts over."""
     if not path.exists():
         return False
     try:
-        # Memory-mapped: the archive's index is checked without reading the weights.
-        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        # Memory-mapped: the archive's index is checked without reading the weights;
+        # weights_only: tensors, containers and numbers only, never arbitrary objects.
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return True
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors ...
         if is_rank_zero():
