@@ -51,17 +51,33 @@ class Summary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], int]:
+@dataclass
+class Found:
+    """The files to tag, and what the walk passed over: files without an image suffix, folder
+    links that leave the given folders (not followed unless asked)."""
+
+    files: list[Path]
+    not_images: int = 0
+    links_out: int = 0
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    real = path.resolve()
+    return any(real == root or root in real.parents for root in roots)
+
+
+def find_images(paths: Sequence[str | Path], follow_links: bool = False) -> Found:
     """Files to tag: named files as they are, folders searched recursively for image suffixes.
-    Symbolic links to folders are followed, each real folder once (a link back up the tree is no
-    endless loop); a broken link with an image suffix is kept, to get a row saying so.
-    Returns the files (sorted within each folder) and how many non-image files were passed over."""
-    files: list[Path] = []
-    passed_over = 0
+    Symbolic links to folders inside the given folders are followed, each real folder once (a
+    link back up the tree is no endless loop); links that leave them (to `/`, another disk) only
+    with `follow_links`. A broken link with an image suffix is kept, to get a row saying so.
+    Files are sorted within each folder."""
+    found = Found([])
     visited: set[tuple[int, int]] = set()  # (device, inode) of every folder walked
+    roots = [Path(p).resolve() for p in paths if Path(p).is_dir()]
     for path in map(Path, paths):
         if not path.is_dir():
-            files.append(path)  # a missing or unreadable file gets its own row saying why
+            found.files.append(path)  # a missing or unreadable file gets its own row saying why
             continue
         for folder, subdirs, names in os.walk(path, followlinks=True):
             stat = os.stat(folder)
@@ -69,13 +85,15 @@ def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], int]:
                 subdirs.clear()
                 continue
             visited.add((stat.st_dev, stat.st_ino))
-            subdirs.sort()
+            kept = [d for d in sorted(subdirs) if follow_links or _inside(Path(folder, d), roots)]
+            found.links_out += len(subdirs) - len(kept)
+            subdirs[:] = kept
             for name in sorted(names):
                 if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(Path(folder) / name)
+                    found.files.append(Path(folder) / name)
                 else:
-                    passed_over += 1
-    return files, passed_over
+                    found.not_images += 1
+    return found
 
 
 def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
@@ -249,6 +267,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also follow folder links that lead outside the given folders",
+    )
+    parser.add_argument(
         "--engine",
         choices=("auto", "torch", "openvino"),
         default="auto",
@@ -289,12 +312,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    files, passed_over = find_images(args.paths)
-    if passed_over:
+    found = find_images(args.paths, args.follow_links)
+    files = found.files
+    if found.not_images:
         log.info(
             "Passed over %d files without an image suffix (%s)",
-            passed_over,
+            found.not_images,
             " ".join(sorted(IMAGE_SUFFIXES)),
+        )
+    if found.links_out:
+        log.info(
+            "Did not follow %d folder links that leave the given folders (--follow-links to "
+            "follow them)",
+            found.links_out,
         )
     if not files:
         print(f"fashion-sweeps predict: no image files in {args.paths}.", file=sys.stderr)

@@ -145,16 +145,31 @@ def test_broken_links_get_a_row_and_linked_folders_are_read_once(store, photos, 
     (photos / "to_other").symlink_to(other, target_is_directory=True)
     (photos / "more" / "loop").symlink_to(photos, target_is_directory=True)  # a cycle
     out = tmp_path / "links.csv"
-    assert (
-        main([str(photos), str(photos / "dead.jpg"), "--tracking-uri", store, "--out", str(out)])
-        == 0
-    )
+    args = [str(photos), str(photos / "dead.jpg"), "--tracking-uri", store, "--out", str(out)]
+    assert main([*args, "--follow-links"]) == 0
     table = rows(out)
     names = [Path(r["path"]).name for r in table]
     assert names.count("linked.jpg") == 1 and names.count("0.jpg") == 1
     dead = [r for r in table if Path(r["path"]).name == "dead.jpg"]
     assert len(dead) == 2 and all(r["error"] == "broken symbolic link" for r in dead)
     assert len(table) == 8 + 1 + 2  # the photos fixture's 8, the linked one, the dead link twice
+
+
+def test_folder_links_that_leave_the_given_folders_are_not_followed(
+    store, photos, tmp_path, caplog
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    class_image(2, np.random.default_rng(1), size=20).save(outside / "private.jpg")
+    (photos / "escape").symlink_to(outside, target_is_directory=True)
+    (photos / "root").symlink_to("/", target_is_directory=True)  # would tag the whole machine
+    (photos / "more" / "back").symlink_to(photos / "more", target_is_directory=True)
+    out = tmp_path / "inside.csv"
+    with caplog.at_level("INFO", logger="fashion_sweeps.predict"):
+        assert main([str(photos), "--tracking-uri", store, "--out", str(out)]) == 0
+    names = [Path(r["path"]).name for r in rows(out)]
+    assert "private.jpg" not in names and len(names) == 8  # the photos fixture's own
+    assert "2 folder links that leave" in caplog.text and "--follow-links" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["a_file/predictions.csv", "a_folder"])
