@@ -47,3 +47,21 @@ def test_unreachable_server_with_credentials_is_reported_without_them(tmp_path: 
     assert SECRET not in printed
     assert (out / ".hydra" / "overrides.yaml").is_file()
     assert files_holding(out, SECRET) == []
+
+
+def test_a_sweep_storage_that_cannot_be_opened_is_reported_without_its_password(
+    tmp_path: Path,
+) -> None:
+    result = fashion_sweeps(
+        tmp_path,
+        "screen",
+        "sweep=tiny",
+        "dataset=clothing_sample",
+        f"hydra.sweeper.storage=postgresql://u:{SECRET}@127.0.0.1:9/optuna",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        check=False,
+    )
+    printed = output(result)
+    assert result.returncode != 0 and "cannot be opened" in printed
+    assert "postgresql://u:***@127.0.0.1:9/optuna" in printed
+    assert SECRET not in printed

@@ -23,6 +23,8 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
+from fashion_sweeps.redact import redact
+
 JOURNAL = "journal:"
 # A worker uses at most two connections at once: its sweep and its heartbeat thread. A small pool
 # per process keeps hundreds of workers under the server's max_connections (PostgreSQL: 100 by
@@ -51,8 +53,10 @@ def open_storage(spec: str) -> BaseStorage:
             return optuna.storages.get_storage(spec)
         return _server_storage(spec, os.getpid())
     except Exception as err:  # SQLAlchemy raises many kinds for a bad URL or a missing driver
+        # Masked: the message reaches the console, and a driver's error may quote the URL.
         raise ValueError(
-            f"hydra.sweeper.storage={spec!r} cannot be opened ({type(err).__name__}: {err}). Use "
+            f"hydra.sweeper.storage={redact(repr(spec))} cannot be opened "
+            f"({type(err).__name__}: {redact(str(err))}). Use "
             "sqlite:///path.db (one machine), journal:/shared/path.journal (a shared "
             "filesystem) or a database URL such as postgresql://user:pass@host/db."
         ) from err
