@@ -30,7 +30,9 @@ def test_every_dataset_composes(make_cfg, dataset: str) -> None:
 @pytest.mark.parametrize("head", options("head"))
 def test_every_backbone_and_head_builds_into_a_classifier(make_cfg, backbone, head) -> None:
     cfg = make_cfg(f"backbone={backbone}", f"head={head}")
-    model = build_classifier(cfg.backbone, cfg.head, ["a", "b", "c"], 1, 32, ([0.5], [0.25])).eval()
+    model = build_classifier(
+        cfg.backbone, cfg.head, ["a", "b", "c"], 1, 32, lambda: ([0.5], [0.25])
+    ).eval()
     logits = model(torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8))
     assert logits.shape == (2, 3)
     assert component_name(cfg.backbone) == backbone and component_name(cfg.head) == head

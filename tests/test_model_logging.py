@@ -30,7 +30,7 @@ def tiny_module(channels: int = 3, size: int = 16) -> ClassifierModule:
     # BatchNorm + dropout in the head: a pyfunc that forgot eval mode would differ.
     head = OmegaConf.create({"_target_": "fashion_sweeps.models.heads.batchnorm"})
     model = build_classifier(
-        backbone, head, CLASSES, channels, size, ([0.4] * channels, [0.2] * channels)
+        backbone, head, CLASSES, channels, size, lambda: ([0.4] * channels, [0.2] * channels)
     )
     return ClassifierModule(model, optimizer=torch.optim.SGD)
 

@@ -66,3 +66,15 @@ def test_split_seed_fixes_the_test_set_while_the_run_seed_varies(make_cfg, cloth
     # ... and share what was prepared: the second seed reads and decodes nothing again.
     cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "dataset.split_seed=5")
     assert prepare_arrays(cfg.dataset, 3).image_cache == "memory"
+
+
+def test_channel_statistics_in_chunks_are_numpys_over_the_whole_split(monkeypatch) -> None:
+    from fashion_sweeps.data import datamodule
+
+    monkeypatch.setattr(datamodule, "STATS_CHUNK", 7)  # several chunks, the last one short
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 5, 5, 3), dtype=np.uint8)
+    rows = np.array([0, 3, 4, 8, 9, 10, 11, 15, 20, 21, 22, 23, 24, 25, 29])
+    mean, std = datamodule.channel_stats(pixels, rows)
+    whole = pixels[rows].astype(np.float64) / 255
+    np.testing.assert_allclose(mean, whole.mean(axis=(0, 1, 2)), rtol=1e-9)
+    np.testing.assert_allclose(std, whole.std(axis=(0, 1, 2)), rtol=1e-6)

@@ -53,9 +53,11 @@ def test_lite_backbone_features_are_the_reference_pooled_features() -> None:
 def test_lite_weights_carry_their_normalisation_and_resolution() -> None:
     backbone = timm_backbones.efficientnet_lite2(freeze=True)
     assert backbone.weights_info.resolution == 260
-    model = build_classifier(
-        _node("efficientnet_lite2"), _head(), ["a", "b"], 3, 64, ([0.1] * 3, [0.2] * 3)
-    )
+
+    def data_stats() -> tuple[list[float], list[float]]:
+        raise AssertionError("a pretrained backbone read the training images' statistics")
+
+    model = build_classifier(_node("efficientnet_lite2"), _head(), ["a", "b"], 3, 64, data_stats)
     assert model.preprocess.mean.flatten().tolist() == [0.5, 0.5, 0.5]
     scratch = build_classifier(
         _node("efficientnet_lite0", pretrained=False),
@@ -63,7 +65,7 @@ def test_lite_weights_carry_their_normalisation_and_resolution() -> None:
         ["a", "b"],
         3,
         64,
-        ([0.1] * 3, [0.2] * 3),
+        lambda: ([0.1] * 3, [0.2] * 3),
     )
     assert scratch.preprocess.mean.flatten().tolist() == pytest.approx([0.1] * 3)
 

@@ -60,13 +60,29 @@ class PreparedData:
         return np.flatnonzero(self.split == split)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units (computed once)."""
+        """Per-channel mean and std of the training images, in [0, 1] units (computed once, in
+        chunks: memory stays that of one chunk whatever the data set's size)."""
         if "train" not in self._stats:
-            train = self.pixels[self.indices("train")]
-            mean = [float(train[..., c].mean()) / 255 for c in range(self.channels)]
-            std = [max(float(train[..., c].std()) / 255, 1e-3) for c in range(self.channels)]
-            self._stats["train"] = (mean, std)
+            self._stats["train"] = channel_stats(self.pixels, self.indices("train"))
         return self._stats["train"]
+
+
+STATS_CHUNK = 1024  # images per step of `channel_stats`
+
+
+def channel_stats(pixels: np.ndarray, rows: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean and std per channel of `pixels[rows]` (N, H, W, C uint8), in [0, 1] units, summed
+    chunk by chunk in float64."""
+    channels = pixels.shape[-1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(rows), STATS_CHUNK):
+        chunk = pixels[rows[start : start + STATS_CHUNK]].reshape(-1, channels).astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+        count += len(chunk)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+    return [float(m) / 255 for m in mean], [max(float(s) / 255, 1e-3) for s in std]
 
 
 _PREPARED: dict[str, PreparedData] = {}

@@ -6,7 +6,7 @@ and returns logits, so the same object serves training, evaluation and tagging.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -127,14 +127,15 @@ def build_classifier(
     classes: Sequence[str],
     channels: int,
     image_size: int,
-    channel_stats: tuple[Sequence[float], Sequence[float]],
+    channel_stats: Callable[[], tuple[Sequence[float], Sequence[float]]],
     test_time_flip: bool = False,
     test_time_crops: Sequence[float] | None = None,
 ) -> Classifier:
     """Backbone and head from their configs (Hydra `_target_`), with derived sizes filled in.
 
     Pretrained backbones get the normalisation their weights carry (`Backbone.weights_info`);
-    others, and a scratch backbone's own weights file, the training split's statistics.
+    others, and a scratch backbone's own weights file, the training split's statistics, which
+    `channel_stats()` computes only then (a pass over every training image).
     """
     backbone: Backbone = build(backbone_cfg, in_channels=channels, image_size=image_size)
     check_image_size(backbone, component_name(backbone_cfg), image_size)
@@ -142,7 +143,7 @@ def build_classifier(
     if backbone.weights_info is not None:
         mean, std = backbone.weights_info.mean, backbone.weights_info.std
     else:
-        mean, std = channel_stats
+        mean, std = channel_stats()
         if backbone.in_channels != channels:  # grey data into an RGB backbone, or back
             mean = [sum(mean) / len(mean)] * backbone.in_channels
             std = [sum(std) / len(std)] * backbone.in_channels
@@ -165,7 +166,7 @@ def classifier_for(cfg: DictConfig, prepared: Any) -> Classifier:
         prepared.classes,
         prepared.channels,
         cfg.dataset.image_size,
-        prepared.channel_stats(),
+        prepared.channel_stats,
         bool(cfg.get("test_time_flip", False)),
         cfg.get("test_time_crops"),
     )
