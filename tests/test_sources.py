@@ -159,3 +159,22 @@ def test_csv_not_in_utf8_is_a_clear_error(clothing_root: Path, product_root: Pat
     rewrite(product_root / "styles.csv", lambda t: t.replace("Blue", "Bleu é"), "latin-1")
     with pytest.raises(DataError, match=r"styles.csv is not UTF-8 text"):
         read_fashion_product(product_root)
+
+
+def test_decoding_holds_one_copy_of_the_images(tmp_path: Path) -> None:
+    """Decoded images go straight into the result: never a list of them plus a stacked copy."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(120):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(paths[-1])
+    paths.append(tmp_path / "missing.png")
+    tracemalloc.start()
+    pixels, reasons = decode_files(paths, 48, workers=1)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert pixels.shape == (120, 48, 48, 3) and reasons[-1] == "missing_image"
+    assert peak < 1.8 * pixels.nbytes  # the array, one chunk of 30 images, the decoder's buffers
+    assert np.array_equal(pixels[7], np.asarray(Image.open(paths[7])))

@@ -53,16 +53,28 @@ def _decode_chunk(args: tuple[list[Path], int, str]) -> list[np.ndarray | str]:
     return out
 
 
-def _gather(parts: Iterable[list[np.ndarray | str]], total: int) -> list[np.ndarray | str]:
-    """The decoded chunks in order, with a progress line every 30 s of a long decode."""
+def _gather(
+    parts: Iterable[list[np.ndarray | str]], total: int, out: np.ndarray
+) -> tuple[np.ndarray, list[str | None]]:
+    """The decoded chunks in order, each image written into the next free row of `out` as it
+    arrives (never a list of images and then a stacked copy: one array's memory, not two), with
+    a progress line every 30 s of a long decode. Returns the filled rows and, per path, None or
+    why it was skipped."""
     progress = ProgressLines(log)
-    results: list[np.ndarray | str] = []
+    reasons: list[str | None] = []
+    filled = 0
     for part in parts:
         interrupts.check()
-        results += part
-        left = (time.perf_counter() - progress.start) / len(results) * (total - len(results))
-        progress.update(f"Decoding images: {len(results)}/{total}", len(results), left)
-    return results
+        for result in part:
+            if isinstance(result, str):
+                reasons.append(result)
+            else:
+                out[filled] = result
+                filled += 1
+                reasons.append(None)
+        left = (time.perf_counter() - progress.start) / len(reasons) * (total - len(reasons))
+        progress.update(f"Decoding images: {len(reasons)}/{total}", len(reasons), left)
+    return out[:filled], reasons
 
 
 def decode_files(
@@ -73,16 +85,11 @@ def decode_files(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     chunk = max(1, min(512, len(paths) // (4 * max(1, workers)) or 1))
     jobs = [(paths[i : i + chunk], size, mode) for i in range(0, len(paths), chunk)]
+    out = np.empty((len(paths), size, size, 1 if mode == "L" else 3), dtype=np.uint8)
     if workers > 1 and len(paths) >= PARALLEL_MIN_IMAGES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = _gather(pool.map(_decode_chunk, jobs), len(paths))
-    else:
-        results = _gather(map(_decode_chunk, jobs), len(paths))
-    arrays = [r for r in results if not isinstance(r, str)]
-    reasons = [r if isinstance(r, str) else None for r in results]
-    channels = 1 if mode == "L" else 3
-    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, channels), dtype=np.uint8)
-    return stacked, reasons
+            return _gather(pool.map(_decode_chunk, jobs), len(paths), out)
+    return _gather(map(_decode_chunk, jobs), len(paths), out)
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
