@@ -93,7 +93,7 @@ def test_an_imagenet_backbone_gives_the_same_features_through_openvino() -> None
 
 
 class Unconvertible(nn.Module):
-    """A backbone OpenVINO cannot trace: its forward leaves torch for NumPy and back."""
+    """A backbone no converter can trace: it refuses to run under tracing or compilation."""
 
     out_features = 4
 
@@ -105,11 +105,14 @@ class Unconvertible(nn.Module):
 
 def test_a_model_openvino_cannot_convert_runs_on_pytorch_and_says_so(caplog) -> None:
     model = Classifier(Preprocess(1, [0.3], [0.3]), Unconvertible(), nn.Identity(), "ab", 28)
+    root_level = logging.getLogger().level
     with caplog.at_level(logging.WARNING, logger="fashion_sweeps.inference.engines"):
         features, ran = pooled_features(model, grey_images(5), 4, Engine("openvino", "bf16"))
     assert ran == TORCH_F32 and features.shape == (5, 4)
     [line] = [r.getMessage() for r in caplog.records]
     assert "OpenVINO cannot run" in line and "running PyTorch instead" in line
+    # The failed conversion leaves the process's logging as it was: later lines are not muted.
+    assert logging.getLogger().level == root_level
 
 
 FROZEN = [

@@ -4,6 +4,7 @@ handed over."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -26,13 +27,26 @@ REQUEST_IMAGES = 16
 def convert(model: nn.Module, image_shape: tuple[int, int, int]) -> ov.Model:
     """`model` (uint8 NHWC batches of `image_shape` in) as an OpenVINO model of any batch size."""
     example = torch.zeros((2, *image_shape), dtype=torch.uint8)
-    with eval_mode(model), warnings.catch_warnings(), torch.no_grad():
+    with eval_mode(model), root_logger_kept(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracing warnings about Python-side shape checks
         return ov.convert_model(
             model,
             example_input=example,
             input=[(ov.PartialShape([-1, *image_shape]), ov.Type.u8)],
         )
+
+
+@contextlib.contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """The root logger as it was, after a conversion that failed: OpenVINO's PyTorch frontend
+    leaves it at ERROR, which would mute the fallback's warning and every later INFO line."""
+    root = logging.getLogger()
+    level, handlers, filters = root.level, list(root.handlers), list(root.filters)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:], root.filters[:] = handlers, filters
 
 
 def compile_model(ov_model: ov.Model, precision: str) -> ov.CompiledModel:
