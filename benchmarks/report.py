@@ -264,6 +264,253 @@ def profile_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{_num(value, 2)}x"
+
+
+def _load_change(row: dict[str, Any]) -> str:
+    """The 1-minute load average before -> after the row's part."""
+    before, after = row.get("load_average_before"), row.get("load_average_after")
+    if not before or not after:
+        return "n/a"
+    return f"{before[0]:.1f} -> {after[0]:.1f}"
+
+
+def _engine(row: dict[str, Any]) -> str:
+    name = f"{row['engine']} {row['precision']}"
+    return name + (f" (ran {row['ran']}: fallback)" if row.get("fallback") else "")
+
+
+def _rate(row: dict[str, Any]) -> str:
+    """images/s; a fallback not timed again (the same pass as the engine it ran) says so."""
+    if row.get("images_per_s") is None and row.get("fallback"):
+        return f"n/a: as {row['ran']}"
+    return _num(row.get("images_per_s"))
+
+
+def _compile(seconds: float | None) -> str:
+    return "—" if not seconds else _num(seconds, 1)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+LOAD = "load (1 min) before -> after"
+
+
+def engine_tables(results: dict[str, Any]) -> list[str]:
+    """The engines bench (benchmarks/engines.py): one table per part, then its notes."""
+    bench = results.get("engines")
+    if not bench:
+        return []
+    setup = bench["settings"]
+    size = setup["image_size"]
+    lines = [
+        "## Inference engines and fine-tuning speed-ups",
+        "",
+        f"{setup['images']} photos, "
+        f"{'each backbone at its native resolution' if size == 'native' else f'{size} px'}, "
+        f"batches of {setup['batch_size']}; each figure the best of {setup['rounds']} "
+        "interleaved rounds; ratios to the reference measured beside it. OpenVINO's one-off "
+        "convert + compile is not in its rate (compile s).",
+        "",
+    ]
+    features, predict = bench.get("features", []), bench.get("predict", [])
+    if features:
+        lines += [
+            "### 5.1 Frozen features (preprocess + backbone), images/s",
+            "",
+            *markdown.table(
+                ["backbone", "engine / precision", "images/s", "x torch f32", "compile s", LOAD],
+                [
+                    [
+                        f"{r['backbone']} ({r['image_size']} px)",
+                        _engine(r),
+                        _rate(r),
+                        _x(r["x_torch_f32"]),
+                        _compile(r["compile_s"]),
+                        _load_change(r),
+                    ]
+                    for r in features
+                ],
+                right=(2, 3, 4),
+            ),
+            "",
+        ]
+    if predict:
+        lines += [
+            "### 5.2 Predict (whole classifier + softmax, `probabilities_of`), images/s",
+            "",
+            *markdown.table(
+                [
+                    "backbone",
+                    "engine / precision",
+                    "images/s",
+                    "x torch f32",
+                    "compile s",
+                    "top-1 agreement with torch f32",
+                    LOAD,
+                ],
+                [
+                    [
+                        f"{r['backbone']} ({r['image_size']} px)",
+                        _engine(r),
+                        _rate(r),
+                        _x(r["x_torch_f32"]),
+                        _compile(r["compile_s"]),
+                        f"{_percent(r['top1_agreement'])} (max prob. difference "
+                        f"{r['max_probability_difference']:.2g})",
+                        _load_change(r),
+                    ]
+                    for r in predict
+                ],
+                right=(2, 3, 4),
+            ),
+            "",
+        ]
+    probe = bench.get("probe", [])
+    if probe:
+        lines += [
+            "### 5.3 Probe accuracy (logistic regression on the features of a stratified "
+            "70% of the photos, accuracy on the other 30%, same split for every engine)",
+            "",
+            *markdown.table(
+                ["backbone", "engine / precision", "probe accuracy", LOAD],
+                [
+                    [
+                        r["backbone"],
+                        f"{r['engine']} {r['precision']}",
+                        _percent(r["accuracy"])
+                        if r["accuracy"] is not None
+                        else f"n/a ({r.get('why', '')})",
+                        _load_change(r),
+                    ]
+                    for r in probe
+                ],
+                right=(2,),
+            ),
+            "",
+        ]
+    decode = bench.get("decode", [])
+    if decode:
+        lines += [
+            f"### 5.4 Decode of the same photos at {decode[0]['image_size']} px, images/s",
+            "",
+            *markdown.table(
+                ["method", "images/s", "x without draft", LOAD],
+                [
+                    [
+                        r["method"]
+                        + (" (pool forced: few photos)" if r.get("pool_forced") else ""),
+                        _num(r["images_per_s"]),
+                        _x(r["x_without_draft"]),
+                        _load_change(r),
+                    ]
+                    for r in decode
+                ],
+                right=(1, 2),
+            ),
+            "",
+        ]
+    tune = bench.get("finetune", [])
+    if tune:
+        first = tune[0]
+        lines += [
+            f"### 5.5 Fine-tuning steps, {first['backbone']} at {first['image_size']} px, batch "
+            f"{first['batch']} (bare loop, first step excluded), images/s",
+            "",
+            *markdown.table(
+                ["variant", "images/s", "x fp32", "compile s", LOAD],
+                [
+                    [
+                        r["variant"],
+                        _num(r["images_per_s"]) if "images_per_s" in r else f"n/a: {r['error']}",
+                        _x(r.get("x_fp32")),
+                        _compile(r.get("compile_s")),
+                        _load_change(r),
+                    ]
+                    for r in tune
+                ],
+                right=(1, 2, 3),
+            ),
+            "",
+        ]
+        compiled = tune[-1]
+        if "x_eager" in compiled:
+            bench_notes = [
+                f"{compiled['variant']} ran in its own process beside the same eager steps "
+                f"({_num(compiled['eager_images_per_s'])} images/s there): "
+                f"{_x(compiled['x_eager'])} those; x fp32 through them."
+            ]
+        else:
+            bench_notes = []
+    else:
+        bench_notes = []
+    notes = [*bench.get("notes", []), *bench_notes]
+    unconverged = [f"{r['backbone']} {r['engine']} {r['precision']}" for r in probe
+                   if r.get("converged") is False]  # fmt: skip
+    if unconverged:
+        notes.append(
+            f"Probe not converged in 1,000 iterations: {', '.join(unconverged)} (its accuracy "
+            "may be a little off)."
+        )
+    for part, rows in (("features", features), ("predict", predict)):
+        reasons = sorted({r.get("fallback_reason", "") for r in rows if r.get("fallback")})
+        if reasons:
+            fell = ", ".join(f"{r['backbone']} {r['engine']} {r['precision']}" for r in rows
+                             if r.get("fallback"))  # fmt: skip
+            notes.append(
+                f"**Fell back to PyTorch** ({part}: {fell}; not timed again, its outputs are "
+                "PyTorch's): " + " / ".join(reason[:300] for reason in reasons)
+            )
+    return lines + [f"- {note}" for note in notes] + ([""] if notes else [])
+
+
+def screen_engine_table(results: dict[str, Any]) -> list[str]:
+    """The cached screen once per inference engine (`--screen-engines`), side by side."""
+    screen = results.get("screen") or {}
+    by_engine = screen.get("by_engine")
+    if not by_engine:
+        return []
+    first = screen.get("engine", next(iter(by_engine)))
+    rows = []
+    for engine, side in by_engine.items():
+        if "error" in side:  # a later engine's screen that failed
+            rows.append([engine, f"failed: {side['error']}", "", "", "", "", ""])
+            continue
+        forward = ", ".join(f"{b} {_num(s)}" for b, s in side["forward_s"].items())
+        rows.append(
+            [
+                f"{engine} (ran {', '.join(side['ran'])})",
+                _num(side["cached_s"]),
+                _x(side["x_first"]),
+                f"{'~' if screen.get('extrapolated') else ''}{_x(side['ratio'])}",
+                forward,
+                f"{_mark(side['same_ranking'])} (max val_loss difference "
+                f"{side['max_val_loss_difference']:.2g})",
+                _load_change(side),
+            ]
+        )
+    header = [
+        "inference.engine",
+        "cached screen wall s",
+        f"x faster than {first}",
+        "ratio (uncached / this)",
+        "features' forward pass s",
+        "same ranking as uncached",
+        LOAD,
+    ]
+    return [
+        "## Cached screen per inference engine",
+        "",
+        f"Each from its own empty cache folder; rows 1 and 4 above are the {first} screen's.",
+        "",
+        *markdown.table(header, rows, right=(1, 2, 3)),
+        "",
+    ]
+
+
 def write(results: dict[str, Any], folder: Path) -> Path:
     """Write results.json and results.md into `folder`; returns the Markdown file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,6 +530,8 @@ def write(results: dict[str, Any], folder: Path) -> Path:
         "",
         table(results),
         "",
+        *screen_engine_table(results),
+        *engine_tables(results),
         "## Profile",
         "",
         *profile_lines(results),

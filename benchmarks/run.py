@@ -1,5 +1,5 @@
 """`make bench ARGS="--size real"` or `ARGS="--images N --image-size PX ..."` (`python -m
-benchmarks.run ...`): run the four benches side by side on the same data and write
+benchmarks.run ...`): run the benches side by side on the same data and write
 benchmarks/results.json and results.md (also printed). Named sizes: sizes.py.
 
 Results are written after every bench, so an interrupted or failed bench keeps what it measured.
@@ -8,6 +8,7 @@ Results are written after every bench, so an interrupted or failed bench keeps w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import report, sizes
+from benchmarks import engines, report, sizes
 from benchmarks.finetune import finetune_bench
 from benchmarks.loading import loading_bench
 from benchmarks.profile import profile_trial
@@ -37,8 +38,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Measure the screen, data-loading, fine-tuning and per-trial overhead figures "
-        "side by side (see README, `make bench`).",
+        description="Measure the screen, data-loading, fine-tuning, per-trial overhead and "
+        "inference-engine figures side by side (see README, `make bench`).",
     )
     sizes.add_size_arguments(parser)
     parser.add_argument("--heads", default="fc,batchnorm", help="the screen's heads")
@@ -48,6 +49,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--load-epochs", type=int, default=3, help="passes in the data bench")
     parser.add_argument("--finetune-backbone", default="efficientnet_lite0")
     parser.add_argument("--repeats", type=int, default=2, help="fine-tuning attempts per side")
+    parser.add_argument(
+        "--engine-image-size",
+        type=int,
+        help="engines bench: this many pixels instead of each backbone's native resolution and "
+        f"the fine-tuning steps' {engines.FINETUNE_SIZE} px (quick checks)",
+    )
+    parser.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=engines.COMPILE_TIMEOUT_S,
+        help="engines bench: seconds torch.compile may take before it is stopped (0: not run)",
+    )
+    parser.add_argument(
+        "--engine-rounds",
+        type=int,
+        default=engines.ROUNDS,
+        help="engines bench: interleaved rounds per side (the best counts)",
+    )
+    parser.add_argument(
+        "--engine-steps",
+        type=int,
+        default=engines.FINETUNE_STEPS,
+        help="engines bench: timed fine-tuning steps per round (after one untimed)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
@@ -63,6 +88,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = sizes.resolve(parser, parser.parse_args(argv))
     if args.load_epochs < 2:
         parser.error("--load-epochs must be at least 2: the data bench times epochs 2+")
+    engines.check_flags(parser, args)
     return args
 
 
@@ -81,6 +107,10 @@ def settings(
         "uncached_conditions_per_backbone": args.uncached_conditions or "all",
         "epochs": args.epochs,
         "finetune_backbone": args.finetune_backbone,
+        "engine_backbones": args.engine_backbones,
+        "engine_images": args.engine_images,
+        "engine_image_size": args.engine_image_size or "native",
+        "screen_engines": args.screen_engines,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "when": datetime.now().isoformat(timespec="seconds"),
@@ -96,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     root, described, images, available = bench_data(work / "data", args.images, args.synthetic)
     results: dict[str, Any] = {"settings": settings(args, work, described, images, available)}
+    labelled = not described.startswith("synthetic")
 
     def save() -> None:
         results["total_s"] = time.perf_counter() - start
@@ -103,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report.write(results, args.out)
 
     try:
-        run_benches(args, root, work, results, save)
+        run_benches(args, root, work, results, save, labelled)
     finally:
         save()
         if not args.keep and args.workdir is None:
@@ -117,10 +148,29 @@ def run_benches(
     work: Path,
     results: dict[str, Any],
     save: Callable[[], None],
+    labelled: bool = True,
 ) -> None:
-    """The benches `--only` names, into `results`, saved after each."""
+    """The benches `--only` names, into `results`, saved after each (`labelled`: real photos,
+    whose labels are clothing)."""
     only = args.only.split(",")
     size = f"dataset.image_size={image_size_override(args.image_size)}"
+    if "engines" in only:
+        log.info("Bench 5: inference engines and fine-tuning speed-ups")
+        setup = engines.EngineSettings(
+            root,
+            work / "engines",
+            args.engine_backbones.split(","),
+            args.engine_images,
+            args.engine_image_size,
+            labelled,
+            args.finetune_backbone,
+            args.compile_timeout,
+            args.engine_rounds,
+            args.engine_steps,
+        )
+        setup.work.mkdir(parents=True, exist_ok=True)
+        engines.engines_bench(setup, results, save)
+        save()
     if "data" in only:
         log.info("Bench 2: data loading")
         results["data"] = loading_bench(bench_cfg(root, work, "data", size), args.load_epochs)
@@ -149,10 +199,14 @@ def run_benches(
             args.lrs,
             args.uncached_conditions,
         )
-        results["screen"] = screen_bench(screen)
+        by_engine = args.screen_engines.split(",")
+        results["screen"] = screen_bench(screen, by_engine)
         save()
-        # The features are stored by now: this is a cached trial as the screen ran them.
+        # The features are stored by now: this is a cached trial as the first engine's screen
+        # ran them (its cache folder, its engine: the features' key holds the engine).
+        screen = dataclasses.replace(screen, engine=by_engine[0])
         frozen = [
+            f"inference.engine={by_engine[0]}",
             f"backbone={args.backbone.split(',')[0]}",
             "backbone.freeze=true",
             f"trainer.max_epochs={args.epochs}",

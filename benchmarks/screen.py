@@ -1,21 +1,25 @@
 """Bench 1 and 4: the frozen-backbone screen with and without the feature cache, as users run it
 (`fashion-sweeps screen`, one multirun process each), and the per-trial overhead in it.
 
-The cached screen runs the whole grid; the uncached one the whole grid or a sample of it
+The cached screen runs the whole grid, once per inference engine asked for (`inference.engine`:
+the engine that computes the frozen features); the uncached one the whole grid or a sample of it
 (`uncached_conditions` per backbone), whose wall time is then extrapolated to the grid
-(screen_figures.py). Each side starts from its own empty cache folder, so each decodes the
-photos once.
+(screen_figures.py). Each screen starts from its own empty cache folder, so each decodes the
+photos (and computes its features) once. The first engine's cached screen fills the single-screen
+figures; `by_engine` holds every engine's side by side.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 class ScreenSettings:
     """What both screens share: data, grid and where they write. `backbone` may be a comma
     list; `uncached_conditions`: per backbone, how many conditions the uncached screen runs
-    (0: all)."""
+    (0: all); `engine`: the cached screen's `inference.engine` (None: the config's)."""
 
     root: Path
     work: Path
@@ -42,6 +46,7 @@ class ScreenSettings:
     optimizers: str = "adam,sgd"
     lrs: str = "0.1,0.01,0.001"
     uncached_conditions: int = 0
+    engine: str | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -49,8 +54,12 @@ class ScreenSettings:
 
     def cache_dir(self, features: bool) -> Path:
         """Each side's own caches: neither finds the photos the other (or another bench)
-        decoded."""
-        return self.work / ("screen-cache" if features else "screen-cache-uncached")
+        decoded; each engine's cached screen its own, so that each starts cold."""
+        if not features:
+            return self.work / "screen-cache-uncached"
+        return self.work / (
+            "screen-cache" if self.engine is None else f"screen-cache-{self.engine}"
+        )
 
     def grid(self, features: bool) -> tuple[list[str], list[str], list[str]]:
         """Heads, optimizers and learning rates this side runs (per backbone)."""
@@ -80,6 +89,8 @@ class ScreenSettings:
             f"cache.dir={self.cache_dir(features)}",
             f"cache.features={'true' if features else 'false'}",
             "trainer.progress=lines",
+            # The engine of the frozen features (the uncached screen computes none).
+            *([f"inference.engine={self.engine}"] if features and self.engine else []),
         ]
 
 
@@ -188,22 +199,101 @@ def trial_record(run: Run) -> figures.Trial:
     }
 
 
-def screen_bench(settings: ScreenSettings) -> dict[str, Any]:
-    """Both screens, side by side: wall times (the uncached one extrapolated to the whole grid
-    when it ran a sample), ratio, rankings, the cached screen against its floor, and per-trial
-    figures."""
-    uncached_s = run_screen(settings, "bench-uncached", features=False)
-    cached_s = run_screen(settings, "bench-cached", features=True)
-    uncached, cached = (
-        screen_runs(settings, "bench-uncached"),
-        screen_runs(settings, "bench-cached"),
+def cached_name(engine: str | None) -> str:
+    """The sweep name of the cached screen of `engine` (None: the config's engine)."""
+    return "bench-cached" if engine is None else f"bench-cached-{engine}"
+
+
+def engines_ran(runs: list[Run]) -> list[str]:
+    """The engines (and precisions) the trials recorded computing their features with."""
+    return sorted(
+        {
+            f"{r.data.params.get('inference_engine', '?')} "
+            f"{r.data.params.get('inference_precision', '?')}"
+            for r in runs
+        }
     )
-    trials_u, trials_c = per_trial(uncached), per_trial(cached)
-    records_u, records_c = [trial_record(r) for r in uncached], [trial_record(r) for r in cached]
-    rank_u, rank_c = ranking(uncached), ranking(cached)
+
+
+def forward_s(records: list[figures.Trial]) -> dict[str, float]:
+    """Per backbone, the features' forward pass (the trial that computed them)."""
+    least = figures.floor(records)
+    return {backbone: b["forward_s"] for backbone, b in least["per_backbone"].items()}
+
+
+def engine_figures(
+    cached_s: float,
+    rank_u: list[tuple[str, float]],
+    rank_c: list[tuple[str, float]],
+    rank_first: list[tuple[str, float]],
+    cached: list[Run],
+    records: list[figures.Trial],
+) -> dict[str, Any]:
+    """One engine's cached screen beside the uncached one (rankings) and the first engine's."""
+    versus_first = figures.compare_rankings(rank_first, rank_c)
     return {
-        **figures.summary(uncached_s, cached_s, records_u, records_c, trials_u["between_trials_s"]),
+        "cached_s": cached_s,
+        "ran": engines_ran(cached),
+        "forward_s": forward_s(records),
+        "floor_s": figures.floor(records)["total_s"],
+        "trials": len(records),
         **figures.compare_rankings(rank_u, rank_c),
+        "same_ranking_as_first": versus_first["same_ranking"],
+        "max_val_loss_difference_to_first": versus_first["max_val_loss_difference"],
+        "ranking": rank_c,
+    }
+
+
+def screen_bench(
+    settings: ScreenSettings, engines: Sequence[str | None] | None = None
+) -> dict[str, Any]:
+    """The uncached screen and the cached one per engine of `engines` (default: the settings'
+    own), side by side: wall times (the uncached one extrapolated to the whole grid when it ran
+    a sample), ratio, rankings, the first engine's cached screen against its floor, per-trial
+    figures, and `by_engine`: each engine's cached screen."""
+    engines = list(engines or [settings.engine])
+    uncached_s = run_screen(settings, "bench-uncached", features=False)
+    uncached = screen_runs(settings, "bench-uncached")
+    rank_u = ranking(uncached)
+    by_engine: dict[str, dict[str, Any]] = {}
+    first: dict[str, Any] = {}
+    for engine in engines:
+        side = replace(settings, engine=engine)
+        before = [round(v, 2) for v in os.getloadavg()]
+        try:
+            cached_s = run_screen(side, cached_name(engine), features=True)
+        except RuntimeError as err:
+            if not first:  # the single-screen figures need the first one
+                raise
+            log.error("%s", err)  # the others' figures stand without it
+            by_engine[str(engine)] = {"error": str(err).splitlines()[0]}
+            continue
+        after = [round(v, 2) for v in os.getloadavg()]
+        cached = screen_runs(side, cached_name(engine))
+        records = [trial_record(r) for r in cached]
+        rank_c = ranking(cached)
+        if not first:
+            first = {"cached_s": cached_s, "runs": cached, "records": records, "ranking": rank_c}
+        by_engine[str(engine or "config")] = {
+            **engine_figures(cached_s, rank_u, rank_c, first["ranking"], cached, records),
+            "x_first": first["cached_s"] / cached_s,
+            "load_average_before": before,
+            "load_average_after": after,
+        }
+    trials_u, trials_c = per_trial(uncached), per_trial(first["runs"])
+    records_u, records_c = [trial_record(r) for r in uncached], first["records"]
+    rank_c = first["ranking"]
+    summary = figures.summary(
+        uncached_s, first["cached_s"], records_u, records_c, trials_u["between_trials_s"]
+    )
+    for entry in by_engine.values():  # the whole grid's uncached time (extrapolated or not)
+        if "cached_s" in entry:
+            entry["ratio"] = summary["uncached_s"] / entry["cached_s"]
+    return {
+        **summary,
+        **figures.compare_rankings(rank_u, rank_c),
+        "engine": str(engines[0] or "config"),
+        "by_engine": by_engine,
         "ranking_cached": rank_c,
         "ranking_uncached": rank_u,
         "trials_uncached": trials_u,

@@ -1,13 +1,14 @@
 """The bench's named sizes (`--size`): the values of the size flags a flag given on the command
 line does not replace.
 
-- `small` (the default): 500 photos at 128 px, one backbone, all three benches; the uncached
-  screen runs the whole grid. Minutes.
+- `small` (the default): 500 photos at 128 px, one backbone, all four benches; the uncached
+  screen runs the whole grid, the cached one with OpenVINO; the engines bench on 128 photos.
+  About 15-20 minutes on 2 cores.
 - `real`: the scale users run the clothing_screen recipe at: all clothing photos at 224 px, the
   recipe's 24-condition grid (efficientnet_lite0 and efficientnet_lite2 x fc, batchnorm x adam,
-  sgd x 0.1, 0.01, 0.001; 3 epochs), the screen bench only; the uncached screen runs one
-  condition per backbone and its wall time is extrapolated to the grid. About 30 minutes on 2
-  cores.
+  sgd x 0.1, 0.01, 0.001; 3 epochs), the engines bench on 1,500 photos and the screen bench, its
+  cached screen once per engine (PyTorch, OpenVINO); the uncached screen runs one condition per
+  backbone and its wall time is extrapolated to the grid. About 50 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any
 
 from benchmarks.screen_figures import sample_grid
 
-BENCHES = ("data", "finetune", "screen")
+BENCHES = ("data", "finetune", "screen", "engines")
+# What `--screen-engines` may name: an `inference.engine` value (conf/inference/).
+SCREEN_ENGINES = ("auto", "torch", "openvino")
+LITES = "efficientnet_lite0,efficientnet_lite2"
 
 SIZES: dict[str, dict[str, Any]] = {
     "small": {
@@ -26,13 +30,19 @@ SIZES: dict[str, dict[str, Any]] = {
         "backbone": "efficientnet_lite0",
         "only": ",".join(BENCHES),
         "uncached_conditions": 0,
+        "engine_backbones": LITES,
+        "engine_images": 128,
+        "screen_engines": "openvino",
     },
     "real": {
         "images": 0,
         "image_size": "224",
-        "backbone": "efficientnet_lite0,efficientnet_lite2",
-        "only": "screen",
+        "backbone": LITES,
+        "only": "engines,screen",
         "uncached_conditions": 1,
+        "engine_backbones": LITES,
+        "engine_images": 1500,
+        "screen_engines": "torch,openvino",
     },
 }
 
@@ -43,8 +53,9 @@ def add_size_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         choices=sorted(SIZES),
         default="small",
-        help="named size: small (default, minutes) or real (all photos, 224 px, the 24-condition "
-        "clothing_screen grid, screen bench only; about 30 min); the flags below override it",
+        help="named size: small (default, about 15-20 min) or real (all photos, 224 px, the "
+        "24-condition clothing_screen grid; engines and screen benches; about 50 min); the flags "
+        "below override it",
     )
     parser.add_argument("--images", type=int, help="photos in the bench data set (0: all)")
     parser.add_argument(
@@ -58,6 +69,18 @@ def add_size_arguments(parser: argparse.ArgumentParser) -> None:
         "is extrapolated to the grid",
     )
     parser.add_argument("--only", help=f"comma-separated subset of {BENCHES}")
+    parser.add_argument(
+        "--engine-backbones",
+        help="engines bench: frozen backbones, comma-separated, each at its native resolution",
+    )
+    parser.add_argument(
+        "--engine-images", type=int, help="engines bench: photos (the first of the bench data)"
+    )
+    parser.add_argument(
+        "--screen-engines",
+        help="screen bench: run the cached screen once per inference.engine, comma-separated "
+        f"(of {', '.join(SCREEN_ENGINES)}); the first fills the single-screen figures",
+    )
 
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
@@ -70,8 +93,14 @@ def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
         parser.error(f"--only {args.only}: unknown bench(es) {sorted(unknown)}; use {BENCHES}")
     if args.images != 0 and args.images < 60:
         parser.error("--images must be 0 (all) or at least 60: every split needs most classes")
+    if args.engine_images < 16:
+        parser.error("--engine-images must be at least 16")
+    engines = args.screen_engines.split(",")
+    if set(engines) - set(SCREEN_ENGINES) or len(set(engines)) < len(engines):
+        parser.error(f"--screen-engines {args.screen_engines}: distinct values of {SCREEN_ENGINES}")
     if args.image_size == "native":
-        if args.only != "screen":
+        # The engines bench runs each backbone at its native resolution anyway.
+        if set(args.only.split(",")) - {"screen", "engines"}:
             parser.error("--image-size native applies to the screen only: add --only screen")
     elif not args.image_size.isdigit() or int(args.image_size) < 1:
         parser.error(f"--image-size {args.image_size}: a number of pixels or `native`")

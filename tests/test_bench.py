@@ -1,18 +1,19 @@
 """`make bench`: the named sizes, the screen's arithmetic (a sampled uncached screen
 extrapolated to the grid, the cached screen's floor, teardown), the table judging each figure
-against the issue's target, and the whole bench end to end on synthetic photos (slow: two screen
-processes)."""
+against the issue's target, the engines bench end to end on a few tiny synthetic photos, and the
+whole bench end to end on synthetic photos (slow: two screen processes)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks import report
+from benchmarks import engines, report
 from benchmarks import screen_figures as figures
 from benchmarks.run import parse_args
 
@@ -80,7 +81,7 @@ def test_table_judges_every_target(tmp_path: Path) -> None:
 
 def test_size_real_is_the_clothing_screen_at_full_scale() -> None:
     args = parse_args(["--size", "real"])
-    assert (args.images, args.image_size, args.only) == (0, 224, "screen")
+    assert (args.images, args.image_size, args.only) == (0, 224, "engines,screen")
     assert args.backbone == "efficientnet_lite0,efficientnet_lite2"
     assert (args.heads, args.optimizers, args.lrs) == ("fc,batchnorm", "adam,sgd", "0.1,0.01,0.001")
     assert (args.epochs, args.uncached_conditions) == (3, 1)
@@ -95,9 +96,38 @@ def test_size_small_is_the_default() -> None:
     assert (args.size, args.images, args.image_size) == ("small", 500, 128)
     assert (args.backbone, args.only, args.uncached_conditions) == (
         "efficientnet_lite0",
-        "data,finetune,screen",
+        "data,finetune,screen,engines",
         0,
     )
+    assert (args.engine_images, args.screen_engines) == (128, "openvino")
+    assert args.engine_backbones == "efficientnet_lite0,efficientnet_lite2"
+
+
+def test_engine_flags_come_from_the_size_unless_given() -> None:
+    args = parse_args(["--size=real"])
+    assert (args.engine_images, args.screen_engines) == (1500, "torch,openvino")
+    assert args.engine_backbones == "efficientnet_lite0,efficientnet_lite2"
+    assert (args.engine_image_size, args.compile_timeout) == (None, 180.0)
+    assert (args.engine_rounds, args.engine_steps) == (2, 5)
+    args = parse_args(
+        [
+            "--size=real",
+            "--only=engines",
+            "--engine-images=40",
+            "--engine-backbones=efficientnet_lite0",
+            "--engine-image-size=64",
+            "--screen-engines=openvino,torch",
+            "--compile-timeout=0",
+        ]
+    )
+    assert (args.engine_images, args.engine_backbones) == (40, "efficientnet_lite0")
+    assert (args.engine_image_size, args.screen_engines, args.compile_timeout) == (
+        64,
+        "openvino,torch",
+        0.0,
+    )
+    # The engines bench runs each backbone at its own resolution: `native` is no conflict.
+    assert parse_args(["--only=engines,screen", "--image-size=native"]).image_size == "native"
 
 
 @pytest.mark.parametrize(
@@ -109,6 +139,15 @@ def test_size_small_is_the_default() -> None:
         ["--uncached-conditions=13"],
         ["--image-size=native"],  # data and fine-tuning benches need one size
         ["--image-size=big"],
+        ["--engine-images=8"],
+        ["--screen-engines=openvino,gpu"],
+        ["--screen-engines=torch,torch"],
+        ["--only=engines", "--engine-backbones=efficientnet_lite9"],
+        # No native resolution: the engines bench needs a size for it.
+        ["--only=engines", "--engine-backbones=simple_cnn"],
+        ["--only=engines", "--engine-image-size=8"],
+        ["--only=engines", "--compile-timeout=-1"],
+        ["--only=engines", "--engine-steps=0"],
     ],
 )
 def test_bad_sizes_are_refused(argv: list[str]) -> None:
@@ -227,6 +266,203 @@ def test_an_extrapolated_screen_says_so_in_the_table(tmp_path: Path) -> None:
     assert "**Caution**: sampled condition(s) lite2/fc/adam/50.0 did not finish" in text
 
 
+def engines_results() -> dict:
+    """Results of the engines bench on one backbone, as engines.py writes them."""
+    load = {"load_average_before": [1.0, 1.0, 1.0], "load_average_after": [1.5, 1.0, 1.0]}
+
+    def engine_rows(rates: list[float], **more: object) -> list[dict]:
+        names = [("torch", "f32"), ("torch", "bf16"), ("openvino", "f32"), ("openvino", "bf16")]
+        return [
+            {
+                "backbone": "efficientnet_lite0",
+                "image_size": 224,
+                "engine": engine,
+                "precision": precision,
+                "ran": f"{engine} {precision}",
+                "fallback": False,
+                "images_per_s": rate,
+                "x_torch_f32": rate / rates[0],
+                "compile_s": 4.0 if engine == "openvino" else 0.0,
+                **more,
+                **load,
+            }
+            for (engine, precision), rate in zip(names, rates, strict=True)
+        ]
+
+    tune = [
+        {"backbone": "efficientnet_lite0", "image_size": 160, "batch": 32, "variant": v,
+         "images_per_s": r, "x_fp32": r / 10.0, "compile_s": 0.0, **load}
+        for v, r in (("fp32", 10.0), ("channels_last", 12.0), ("bf16", 15.0),
+                     ("bf16 + channels_last", 21.0))
+    ]  # fmt: skip
+    tune.append(
+        {"backbone": "efficientnet_lite0", "image_size": 160, "batch": 32,
+         "variant": "torch.compile(bf16 + channels_last)", "images_per_s": 25.0,
+         "eager_images_per_s": 20.0, "x_eager": 1.25, "x_fp32": 2.1 * 1.25, "compile_s": 95.0,
+         **load}
+    )  # fmt: skip
+    predict = engine_rows([50.0, 80.0, 150.0, 400.0], top1_agreement=0.99)
+    for row in predict:
+        row["max_probability_difference"] = 0.01
+    predict[2].update(fallback=True, ran="torch f32", fallback_reason="OpenVINO cannot run it")
+    predict[2].update(images_per_s=None, x_torch_f32=None, rates=[])  # not timed again
+    return {
+        "settings": {"images": 1500, "image_size": "native", "batch_size": 64, "rounds": 2},
+        "notes": [],
+        "features": engine_rows([50.0, 90.0, 200.0, 500.0]),
+        "predict": predict,
+        "probe": [
+            {"backbone": "efficientnet_lite0", "engine": e, "precision": p, "accuracy": a, **load}
+            for e, p, a in (("torch", "f32", 0.8), ("openvino", "bf16", 0.795))
+        ],
+        "decode": [
+            {"method": m, "image_size": 224, "images_per_s": r, "x_without_draft": r / 100, **load}
+            for m, r in (("PIL without draft (before)", 100.0), ("decode_files, draft", 180.0))
+        ],
+        "finetune": tune,
+    }
+
+
+def test_the_engines_tables_give_every_part(tmp_path: Path) -> None:
+    data = results(25.0, 50.0, 0.95, 0.2)
+    data["engines"] = engines_results()
+    text = report.write(data, tmp_path).read_text()
+    assert met_column(text.split("## Inference engines")[0]) == ["yes"] * 5  # rows 1-4 as before
+    assert (
+        "| efficientnet_lite0 (224 px) | openvino bf16 | 500.0 | 10.00x | 4.0 | 1.0 -> 1.5 |"
+        in text
+    )
+    assert "| efficientnet_lite0 (224 px) | torch f32 | 50.0 | 1.00x | — | 1.0 -> 1.5 |" in text
+    assert "| openvino f32 (ran torch f32: fallback) | n/a: as torch f32 | n/a |" in text
+    assert "**Fell back to PyTorch** (predict: efficientnet_lite0 openvino f32" in text
+    assert "| efficientnet_lite0 | openvino bf16 | 79.5% |" in text
+    assert "| decode_files, draft | 180.0 | 1.80x |" in text
+    assert "| torch.compile(bf16 + channels_last) | 25.0 | 2.62x | 95.0 |" in text
+    assert "1.25x those" in text
+    # A compile that was stopped says why.
+    data["engines"]["finetune"][-1] = {"variant": "torch.compile(bf16)", "error": "took over 180 s"}
+    assert (
+        "| torch.compile(bf16) | n/a: took over 180 s | n/a | — | n/a |"
+        in report.write(data, tmp_path).read_text()
+    )
+
+
+def test_the_cached_screen_per_engine_is_tabled_beside_the_first(tmp_path: Path) -> None:
+    data = results(25.0, 50.0, 0.95, 0.2)
+    side = {
+        "ran": ["torch f32"],
+        "forward_s": {"efficientnet_lite0": 100.0},
+        "same_ranking": True,
+        "max_val_loss_difference": 0.0,
+        "load_average_before": [1.0, 1.0, 1.0],
+        "load_average_after": [1.2, 1.0, 1.0],
+    }
+    data["screen"]["engine"] = "torch"
+    data["screen"]["by_engine"] = {
+        "torch": {**side, "cached_s": 300.0, "x_first": 1.0, "ratio": 25.0},
+        "openvino": {**side, "ran": ["openvino bf16"], "forward_s": {"efficientnet_lite0": 20.0},
+                     "cached_s": 150.0, "x_first": 2.0, "ratio": 50.0},
+    }  # fmt: skip
+    text = report.write(data, tmp_path).read_text()
+    assert (
+        "| torch (ran torch f32) | 300.0 | 1.00x | 25.00x | efficientnet_lite0 100.0 | yes" in text
+    )
+    assert "| openvino (ran openvino bf16) | 150.0 | 2.00x | 50.00x |" in text
+    # A later engine's screen that failed leaves the others' figures.
+    data["screen"]["by_engine"]["openvino"] = {"error": "The screen bench-cached-openvino failed"}
+    text = report.write(data, tmp_path).read_text()
+    assert "| openvino | failed: The screen bench-cached-openvino failed |" in text
+
+
+def test_the_engines_bench_runs_end_to_end_on_a_few_synthetic_photos(tmp_path: Path) -> None:
+    """Every part on 24 tiny photos at 32 px, with a small CNN: EfficientNet-Lite0's OpenVINO
+    compiles alone would double the time (its conversion: tests/test_inference.py; its native
+    resolutions: the size tests above)."""
+    out = tmp_path / "bench"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--only=engines",
+        "--synthetic",
+        "--images=60",
+        "--engine-images=24",
+        "--engine-backbones=simple_cnn",  # no native resolution: --engine-image-size
+        "--engine-image-size=32",
+        "--finetune-backbone=simple_cnn",
+        "--engine-steps=1",
+        "--compile-timeout=0",  # its child process: the next test
+        f"--out={out}",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bench = json.loads((out / "results.json").read_text())["engines"]
+    expected = [("torch", "f32"), ("torch", "bf16"), ("openvino", "f32"), ("openvino", "bf16")]
+    if not bench["settings"]["cpu_bf16"]:
+        expected = [e for e in expected if e[1] == "f32"]
+        assert any("no bf16" in note for note in bench["notes"])
+    for part in ("features", "predict", "probe"):
+        assert [(r["engine"], r["precision"]) for r in bench[part]] == expected, part
+    assert not any(row["fallback"] for row in bench["features"])  # OpenVINO converts it
+    for row in bench["features"] + bench["predict"]:
+        if row["fallback"]:  # the pass of the engine it fell back to: not timed again
+            assert row["images_per_s"] is None and row["rates"] == [] and row["fallback_reason"]
+        else:
+            assert row["images_per_s"] > 0 and len(row["rates"]) == 2
+        assert row["load_average_before"] and row["load_average_after"]
+    assert bench["features"][0]["x_torch_f32"] == 1.0
+    assert all(r["compile_s"] > 0 for r in bench["features"] if r["engine"] == "openvino")
+    assert all(r["accuracy"] is None and "synthetic" in r["why"] for r in bench["probe"])
+    assert {r["top1_agreement"] for r in bench["predict"][:1]} == {1.0}
+    assert [r["method"] for r in bench["decode"]] == [
+        "PIL without draft (before)",
+        "decode_files, draft",
+        "decode_files, draft, 2 workers",
+    ]
+    assert bench["decode"][2]["pool_forced"] and bench["decode"][0]["x_without_draft"] == 1.0
+    variants = [r["variant"] for r in bench["finetune"]]
+    assert variants[0] == "fp32" and variants[-1].startswith("torch.compile(")
+    assert bench["finetune"][0]["x_fp32"] == 1.0
+    assert bench["finetune"][-1]["error"] == "not run (--compile-timeout 0)"
+    text = (out / "results.md").read_text()
+    for title in ("5.1 Frozen features", "5.2 Predict", "5.3 Probe", "5.4 Decode", "5.5 Fine"):
+        assert f"### {title}" in text
+    assert "n/a (synthetic photos" in text and "| simple_cnn (32 px) | torch f32 |" in text
+
+
+def child(tmp_path: Path, code: str, timeout: float = 30.0) -> dict:
+    """engines.run_child on a stand-in for the torch.compile child running `code`."""
+    return engines.run_child([sys.executable, "-c", code], tmp_path / "child.log", timeout)
+
+
+def test_the_compile_child_gives_its_figures_or_why_there_are_none(tmp_path: Path) -> None:
+    events = [
+        {"event": "started"},
+        {"event": "compiled", "seconds": 2.0},
+        {"event": "done", "eager": [10.0, 12.0], "compiled": [15.0, 14.0]},
+    ]
+    say = "".join(f"print({json.dumps(json.dumps(e))}, flush=True); " for e in events)
+    figures_ = child(tmp_path, "print('compiling...'); print(7); " + say)
+    assert figures_ == {
+        "images_per_s": 15.0,
+        "rates": [15.0, 14.0],
+        "eager_images_per_s": 12.0,
+        "eager_rates": [10.0, 12.0],
+        "x_eager": 1.25,
+        "compile_s": 2.0,
+    }
+    # Compiling longer than the timeout: stopped, with its process group.
+    start = time.monotonic()
+    slow = child(tmp_path, say.split("; ")[0] + "; import time; time.sleep(60)", timeout=0.5)
+    assert "compiling took over 0.5 s: stopped" in slow["error"]
+    assert time.monotonic() - start < 20
+    # A child that fails says how, from the end of its log.
+    failed = child(tmp_path, "import sys; print('no compiler', file=sys.stderr); sys.exit(3)")
+    assert failed["error"].startswith("failed (exit 3) before 'started': no compiler")
+
+
 @pytest.mark.slow
 def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     out = tmp_path / "bench"
@@ -235,6 +471,7 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
         "-m",
         "benchmarks.run",
         "--synthetic",
+        "--only=data,finetune,screen",  # the engines bench has its own test
         "--images=200",  # the fine-tuning bench times batches after the first: it needs two
         "--image-size=16",
         # Two backbones, the uncached screen on one condition of each: extrapolated.
@@ -263,3 +500,6 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     assert results["data"]["cache_status"] == ["miss", "hit"]
     assert results["finetune"]["ratio"] > 0 and results["profile"]["steps"]
     assert "| 2. Data loading" in done.stdout
+    # The size's one screen engine (OpenVINO) filled the single-screen figures.
+    assert screen["engine"] == "openvino" and list(screen["by_engine"]) == ["openvino"]
+    assert screen["by_engine"]["openvino"]["cached_s"] == screen["cached_s"]
