@@ -88,7 +88,7 @@ serve:  ## serve the champion model on http://127.0.0.1:5001 (MODEL=models:/...@
 	  $(BIN)/mlflow models serve -m $(or $(MODEL),models:/fashion-classifier@champion) --env-manager local -h $(BIND) -p 5001
 
 ui:  ## the MLflow UI on http://127.0.0.1:5000 over the local store (HOST=)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(BIND) --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(BIND) --port 5000 --workers 1
 
 # The sweep studies (hydra.sweeper.storage): an SQLite file or a journal file.
 STUDIES ?= $(CURDIR)/multirun/sweeps/optuna.db

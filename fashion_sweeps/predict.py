@@ -264,7 +264,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=0.5,
         help="rows whose top-1 probability is lower are marked needs_review (default 0.5)",
     )
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        help="CSV to write (default predictions.csv in the current folder, replaced if present)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument(
         "--follow-links",
@@ -304,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fashion_sweeps.tracking.runs import TrackingUnavailableError
     from fashion_sweeps.tracking.store import open_tool_store
 
+    replaced = args.out.exists()
     problem = check_writable(args.out)  # before a long walk through the folders
     if problem:
         print(
@@ -343,7 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({summary.images_per_second:.1f} images/s, {engine_of(model)}): "
         f"{summary.needs_review} need review "
         f"(top-1 probability < {args.min_confidence}), {summary.unreadable} unreadable. "
-        f"Rows in {args.out}.{model_figures(model, client)}"
+        f"Rows in {args.out}"
+        f"{' (replaced the earlier file; --out to choose another)' if replaced else ''}."
+        f"{model_figures(model, client)}"
     )
     return 0
 

@@ -44,3 +44,11 @@ def test_a_host_exported_in_the_environment_does_not_widen_the_bind(target: str)
 @pytest.mark.parametrize("target", SERVERS)
 def test_a_host_named_on_the_command_line_is_used(target: str) -> None:
     assert bind_address(target, "HOST=0.0.0.0") == "0.0.0.0"
+
+
+def test_the_local_ui_starts_one_worker_for_one_user() -> None:
+    """Four uvicorn workers of the MLflow UI hold 1.5 GB for one person looking at runs."""
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "ui"], capture_output=True, text=True, check=True
+    )
+    assert re.search(r"mlflow ui .*--workers 1\b", result.stdout), result.stdout

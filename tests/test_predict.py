@@ -199,3 +199,16 @@ def test_both_engines_tag_alike_and_the_closing_line_names_the_engine(
             assert float(ours["probability_1"]) == pytest.approx(
                 float(theirs["probability_1"]), abs=2e-4
             )
+
+
+def test_the_default_csv_is_named_in_help_and_the_closing_line_says_it_was_replaced(
+    store, photos, tmp_path, monkeypatch, capsys
+):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "default predictions.csv" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "predictions.csv").write_text("an earlier run's rows\n")
+    assert main([str(photos), "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert "Rows in predictions.csv (replaced the earlier file; --out to choose another)" in out
