@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashion_sweeps.data.array_store import file_backed, release
 from fashion_sweeps.data.cache import decode_cached
 from fashion_sweeps.data.datamodule import _prepare
 from fashion_sweeps.data.sources import read_clothing
@@ -59,7 +60,8 @@ def test_damaged_entry_is_detected_and_rebuilt(
     paths: list[Path], tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = tmp_path / "c"
-    good = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    # A copy in memory: the entry is memory-mapped, and the damage below rewrites its file.
+    good = np.array(decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).pixels)
     [array_file] = entry_files(cache)
     data = bytearray(array_file.read_bytes())
     if damage == "truncate":
@@ -75,7 +77,7 @@ def test_damaged_entry_is_detected_and_rebuilt(
         rebuilt = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
     assert rebuilt.status == "miss"
     assert "damaged" in caplog.text
-    np.testing.assert_array_equal(rebuilt.pixels, good.pixels)
+    np.testing.assert_array_equal(rebuilt.pixels, good)
     assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "hit"
 
 
@@ -123,3 +125,30 @@ def test_prepared_data_from_the_cache_is_the_same(make_cfg, clothing_root: Path,
     np.testing.assert_array_equal(first.split, second.split)
     assert first.skipped == second.skipped and first.skipped["corrupt_image"] == 1
     assert first.fingerprint == second.fingerprint
+
+
+def test_a_miss_is_decoded_into_the_entry_it_becomes(paths: list[Path], tmp_path: Path) -> None:
+    """The pixels a miss returns are the stored entry, memory-mapped (not a copy in memory), with
+    the undecodable files' rows left out; a hit returns the same rows."""
+    cache = tmp_path / "c"
+    in_memory = decode_cached(paths, 16, "RGB", workers=1, cache_dir=None)
+    miss = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    hit = decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache)
+    assert file_backed(miss.pixels) and file_backed(hit.pixels)
+    assert not file_backed(in_memory.pixels)
+    for decoded in (miss, hit):
+        assert decoded.pixels.shape == in_memory.pixels.shape == (len(paths) - 1, 16, 16, 3)
+        np.testing.assert_array_equal(decoded.pixels, in_memory.pixels)
+    assert not list((cache / "images").glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_released_pages_of_a_mapped_file_read_back_unchanged(tmp_path: Path) -> None:
+    stored = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.uint8, (64, 4096))
+    stored[:] = np.arange(64, dtype=np.uint8)[:, None]
+    stored.flush()
+    array = np.load(tmp_path / "a.npy", mmap_mode="c")
+    release(array[:32])
+    np.testing.assert_array_equal(array[:, 0], np.arange(64))
+    in_memory = np.ones((64, 4096), np.uint8)
+    release(in_memory)  # anonymous memory is never dropped: that would zero it
+    assert in_memory.min() == 1

@@ -8,9 +8,11 @@ last rename wins, with identical content.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +23,32 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 64 << 20  # hash memory maps in slices: no full copy in RAM
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_MADV_DONTNEED = 4  # Linux <sys/mman.h>
+
+
+def file_backed(array: np.ndarray) -> bool:
+    """Whether `array` is (a view of) a memory-mapped file."""
+    obj: Any = array
+    while obj is not None:
+        if isinstance(obj, mmap.mmap) or getattr(obj, "_mmap", None) is not None:
+            return True
+        obj = getattr(obj, "base", None)
+    return False
+
+
+def release(view: np.ndarray) -> None:
+    """Drop the pages of `view`, a contiguous slice of a memory-mapped file, from this process's
+    resident memory once a pass has read or written them: the file (and the page cache) keeps
+    them, a later read maps them again. A pass over a 6.5 GB array then holds one slice at a
+    time. Arrays in anonymous memory are left alone (dropping their pages would zero them)."""
+    if view.nbytes == 0 or not view.flags.c_contiguous or not file_backed(view):
+        return
+    start, page = view.ctypes.data, mmap.PAGESIZE
+    first = -(-start // page) * page  # whole pages inside the view only
+    last = (start + view.nbytes) // page * page
+    if last > first:
+        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -29,6 +57,7 @@ def array_sha256(array: np.ndarray) -> str:
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     for start in range(0, len(flat), _HASH_CHUNK):
         digest.update(memoryview(flat[start : start + _HASH_CHUNK]))
+        release(flat[start : start + _HASH_CHUNK])
     return digest.hexdigest()
 
 
@@ -67,7 +96,8 @@ class ArrayStore:
             log.warning("Cache entry %s is damaged (%s): rebuilding it.", array_path, err)
             self.discard(key)
             return None
-        return array, info.get("meta", {})
+        meta = info.get("meta", {})
+        return array[: meta.get("rows", len(array))], meta
 
     def save(self, key: str, array: np.ndarray, meta: dict[str, Any] | None = None) -> None:
         """Store `array` under `key`, atomically. A cache that cannot be written (read-only or
@@ -93,9 +123,62 @@ class ArrayStore:
                 err,
             )
 
+    def create(self, key: str, shape: tuple[int, ...], dtype: Any) -> PendingEntry | None:
+        """A new entry the caller fills in place (a memory map of a private temporary file, so an
+        array larger than memory never sits in it), then commits; None when the folder cannot
+        be written (the caller keeps its array in memory instead)."""
+        array_path, _ = self.paths(key)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                dir=self.folder, prefix=f".{array_path.name}.", suffix=".tmp"
+            )
+            os.close(fd)
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        except OSError as err:
+            log.warning(
+                "Cannot write the cache entry %s (%s): keeping it in memory.", array_path, err
+            )
+            return None
+        return PendingEntry(self, key, Path(tmp), array)
+
     def discard(self, key: str) -> None:
         for path in self.paths(key):
             path.unlink(missing_ok=True)
+
+
+class PendingEntry:
+    """An entry being filled: `array` (a writable memory map), then `commit` or `abandon`."""
+
+    def __init__(self, store: ArrayStore, key: str, tmp: Path, array: np.memmap) -> None:
+        self.store, self.key, self.tmp, self.array = store, key, tmp, array
+
+    def commit(self, meta: dict[str, Any], rows: int | None = None) -> np.ndarray:
+        """Make the filled array the entry under `key` (its first `rows` rows count, when the
+        caller filled fewer than it made room for) and return it, memory-mapped copy-on-write
+        as `load` returns entries. A failure to write leaves the entry absent (logged)."""
+        array_path, meta_path = self.store.paths(self.key)
+        if rows is not None:
+            meta = {**meta, "rows": rows}
+        self.array.flush()
+        info = {
+            "shape": list(self.array.shape),
+            "dtype": self.array.dtype.str,
+            "sha256": array_sha256(self.array),
+            "meta": meta,
+        }
+        try:
+            os.replace(self.tmp, array_path)
+            _atomic_write(meta_path, lambda f: f.write(json.dumps(info).encode()))
+        except OSError as err:
+            log.warning("Cannot write the cache entry %s (%s).", array_path, err)
+            self.abandon()
+            return self.array[: meta.get("rows", len(self.array))]
+        array = np.load(array_path, mmap_mode="c", allow_pickle=False)
+        return array[: meta.get("rows", len(array))]
+
+    def abandon(self) -> None:
+        self.tmp.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fashion_sweeps.data.array_store import ArrayStore, array_sha256
-from fashion_sweeps.data.decode import decode_files
+from fashion_sweeps.data.decode import decode_files, decoded_shape
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,16 @@ def decode_cached(
                 "Image cache hit: %d images from %s in %.1fs", len(pixels), store.folder, seconds
             )
             return DecodedImages(pixels, meta["reasons"], fingerprint, "hit", seconds)
-    pixels, reasons = decode_files(paths, size, mode, workers)
-    if store is not None:
-        store.save(fingerprint, pixels, {"reasons": reasons, "size": size, "mode": mode})
+    # Decoded straight into the new entry's file: memory holds a slice, not the data set.
+    pending = (
+        store.create(fingerprint, decoded_shape(len(paths), size, mode), np.uint8)
+        if store
+        else None
+    )
+    pixels, reasons = decode_files(paths, size, mode, workers, pending.array if pending else None)
+    if pending is not None:
+        meta = {"reasons": reasons, "size": size, "mode": mode}
+        pixels = pending.commit(meta, rows=len(pixels))
     seconds = time.perf_counter() - start
     status = "miss" if store is not None else "off"
     log.info("Decoded %d images in %.1fs (image cache %s)", len(paths), seconds, status)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from fashion_sweeps import interrupts
+from fashion_sweeps.data.array_store import release
 from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def _gather(
     filled = 0
     for part in parts:
         interrupts.check()
+        release(out[:filled])  # rows written to a memory-mapped file leave resident memory
         for result in part:
             if isinstance(result, str):
                 reasons.append(result)
@@ -77,15 +79,25 @@ def _gather(
     return out[:filled], reasons
 
 
+def decoded_shape(images: int, size: int, mode: str) -> tuple[int, int, int, int]:
+    return images, size, size, 1 if mode == "L" else 3
+
+
 def decode_files(
-    paths: list[Path], size: int, mode: str = "RGB", workers: int | None = None
+    paths: list[Path],
+    size: int,
+    mode: str = "RGB",
+    workers: int | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode files to one array. Returns the array of decodable images (in order) and, per
-    input path, None when decoded or the reason it was skipped."""
+    """Decode files to one array (into `out`, (len(paths), size, size, C), when given: e.g. a
+    memory-mapped cache entry). Returns the decodable images (in order: `out`'s leading rows)
+    and, per input path, None when decoded or the reason it was skipped."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     chunk = max(1, min(512, len(paths) // (4 * max(1, workers)) or 1))
     jobs = [(paths[i : i + chunk], size, mode) for i in range(0, len(paths), chunk)]
-    out = np.empty((len(paths), size, size, 1 if mode == "L" else 3), dtype=np.uint8)
+    if out is None:
+        out = np.empty(decoded_shape(len(paths), size, mode), dtype=np.uint8)
     if workers > 1 and len(paths) >= PARALLEL_MIN_IMAGES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             return _gather(pool.map(_decode_chunk, jobs), len(paths), out)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashion_sweeps.data.array_store import release
+
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "openvino")
@@ -172,6 +174,8 @@ class Compiled:
         def batches() -> Iterator[tuple[int, np.ndarray]]:
             for start in range(0, len(pixels), batch_size):
                 yield start, np.ascontiguousarray(pixels[start : start + batch_size])
+                # Handed over (engines copy their input): a memory-mapped batch's pages go.
+                release(pixels[start : start + batch_size])
 
         def store(start: int, result: np.ndarray) -> None:
             out[start : start + len(result)] = result
