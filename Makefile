@@ -71,7 +71,7 @@ sweep:  ## screen, then full runs of its winners (default: clothing_screen, ROOT
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)
 
-bench:  ## speed figures side by side -> benchmarks/results.json + .md (ARGS="--size real": the 24-condition screen on all photos, ~30 min; or "--images 300")
+bench:  ## speed figures side by side -> benchmarks/results.json + .md (ARGS="--size real": the engines and the 24-condition screen on all photos, ~50 min; or "--images 300")
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 report:  ## the HTML/Markdown report of a sweep (SWEEP=name, default the latest) + champion model
