@@ -7,7 +7,6 @@ run diverged, which Optuna records as a failed trial).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -361,9 +360,15 @@ def _test(
         }
     )
     # Curves, gallery and the deployable model: after the metrics, so a failure loses nothing.
-    # Copied only when drawn or logged: 150 MB at 224 px, 0.05-0.2 s of a screen trial's teardown.
-    test_images = functools.cache(lambda: prepared.pixels[prepared.indices("test")])
-    log_run_results(run, module.model, test_images, predictions, cfg.tracking, cfg.seed, accuracy)
+    log_run_results(
+        run,
+        module.model,
+        lambda: prepared.images("test"),
+        predictions,
+        cfg.tracking,
+        cfg.seed,
+        accuracy,
+    )
     run.set_tags({"status": "finished"})
     run.log_metrics({"teardown_s": clock.teardown_s()})
     run.end("FINISHED")

@@ -78,3 +78,13 @@ def test_channel_statistics_in_chunks_are_numpys_over_the_whole_split(monkeypatc
     whole = pixels[rows].astype(np.float64) / 255
     np.testing.assert_allclose(mean, whole.mean(axis=(0, 1, 2)), rtol=1e-9)
     np.testing.assert_allclose(std, whole.std(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_a_splits_images_are_copied_only_where_indexed() -> None:
+    from fashion_sweeps.data.datamodule import Rows
+
+    pixels = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    test = Rows(pixels, np.array([1, 4, 7, 9]))
+    assert len(test) == 4
+    np.testing.assert_array_equal(test[np.array([3, 0])], pixels[[9, 1]])
+    np.testing.assert_array_equal(test[:2], pixels[[1, 4]])

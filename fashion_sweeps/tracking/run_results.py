@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -34,14 +35,15 @@ def _attempt(run: TrackedRun, name: str, step: Callable[[], object]) -> None:
 def log_run_results(
     run: TrackedRun,
     model: Classifier,
-    test_images: Callable[[], np.ndarray],
+    test_images: Callable[[], Any],
     predictions: Predictions,
     tracking: DictConfig,
     seed: int,
     accuracy: str = "",
 ) -> None:
     """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images()`:
-    (N, H, W, C) uint8, in the order of `predictions`), and, when `tracking.log_model`, the
+    (N, H, W, C) uint8, an array or an array-like that copies only the rows it is indexed by,
+    in the order of `predictions`), and, when `tracking.log_model`, the
     model with two test images as input example. `accuracy`: the test accuracy beside its
     baselines, for the gallery's title. Without `tracking.plots`, neither figure."""
     if tracking.get("plots", True):
