@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import CLASSES, class_image
 
 SIZE = 128
@@ -47,6 +48,7 @@ def peak_rss_bytes(args: list[str], cwd: Path) -> int:
     return usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow  # two whole runs in their own processes, about a minute: `make test-slow`
 def test_a_frozen_runs_peak_memory_does_not_grow_with_the_image_count(tmp_path: Path) -> None:
     peaks = {}
     for count in (200, 2000):
