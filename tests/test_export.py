@@ -28,6 +28,7 @@ from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.data import datamodule
 from fashion_sweeps.data.datamodule import prepare_arrays
 from fashion_sweeps.inference import export
+from fashion_sweeps.inference.engines import cpu_has_bf16
 from fashion_sweeps.inference.export import default_out, main
 from fashion_sweeps.tracking.model_logging import load_classifier, log_classifier
 from fashion_sweeps.tracking.runs import TrackedRun, tracking_uri
@@ -146,7 +147,11 @@ def test_the_check_runs_the_runs_own_test_split(trained: Trained, exported) -> N
         assert figures["top1_agreement"] >= 0.995
         assert 0 <= figures["max_abs_probability_diff"] < 0.05
     assert "onnxruntime" in record["formats"]["onnx"]["runtime"]
-    assert "OpenVINO" in record["formats"]["openvino"]["runtime"]
+    # The IR is judged as the file it is (f32); OpenVINO's bf16 default is told, not judged.
+    assert record["formats"]["openvino"]["runtime"].endswith(" f32")
+    if cpu_has_bf16():
+        assert 0 <= record["formats"]["openvino"]["bf16_top1_agreement"] <= 1
+        assert "compiled in bf16, OpenVINO's default on this CPU: " in printed
     for fmt, name in (("onnx", "model.onnx"), ("openvino", "model.xml")):
         line = rf"{fmt}: {re.escape(str(out / name))}, top-1 agrees with PyTorch on 1\d\d\.\d\d% of {n_test} test images \(max \|dp\| 0\.\d{{4}}\)"
         assert re.search(line, printed), printed
