@@ -107,6 +107,16 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
         return f"unreadable image ({type(err).__name__}: {err})"
 
 
+def cannot_load(uri: str, err: BaseException) -> str:
+    """What to do when the model at `uri` cannot be loaded (predict and export say the same)."""
+    return (
+        f"Cannot load the model {uri!r} ({err}). Register the best model of a sweep with "
+        "`fashion-sweeps report SWEEP`, name another one (`runs:/<run_id>/model`, "
+        "`models:/<name>@<alias>`, `models:/<model_id>`), or give the store that holds it with "
+        "--tracking-uri."
+    )
+
+
 def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
     """The pyfunc model at `uri`, run by `engine` in `precision` (inference/engines.py), with its
     input's channels (signature) and image size."""
@@ -118,12 +128,7 @@ def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
         with engines.environment(engine, precision):
             model = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # MlflowException, OSError for a missing local path, ...
-        raise ModelUnavailableError(
-            f"Cannot load the model {uri!r} ({err}). Register the best model of a sweep with "
-            "`fashion-sweeps report SWEEP`, point --model at another one "
-            "(`runs:/<run_id>/model`, `models:/<name>@<alias>`, `models:/<model_id>`), or give "
-            "the store that holds it with --tracking-uri."
-        ) from err
+        raise ModelUnavailableError(cannot_load(uri, err)) from err
     schema = model.metadata.get_input_schema()
     shape = schema.inputs[0].shape if schema is not None and schema.is_tensor_spec() else None
     if shape is None or len(shape) != 4:

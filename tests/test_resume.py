@@ -165,6 +165,14 @@ def test_a_run_killed_after_a_worse_epoch_resumes_after_it_and_logs_each_step_on
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 6
 
 
+ONE_EPOCH_MLP = (
+    "backbone=mlp",
+    "backbone.hidden=16",
+    "dataset.image_size=16",
+    "trainer.max_epochs=1",
+)
+
+
 class _Planted:
     """A pickle that runs code when loaded: what a hostile `last.ckpt` would hold."""
 
@@ -178,10 +186,7 @@ class _Planted:
 def test_a_planted_last_checkpoint_is_never_unpickled(
     make_cfg, fmnist_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = make_cfg(
-        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
-        "dataset.image_size=16", "trainer.max_epochs=1",
-    )  # fmt: skip
+    cfg = make_cfg(f"dataset.root={fmnist_root}", *ONE_EPOCH_MLP)
     train(cfg)
     out = Path(cfg.output_dir)
     write_record(out, {**read_record(out), "status": "running"})
@@ -194,10 +199,7 @@ def test_a_planted_last_checkpoint_is_never_unpickled(
 
 def test_a_real_last_checkpoint_loads_with_weights_only(make_cfg, fmnist_root: Path) -> None:
     """What resume checks a checkpoint with: Lightning's own checkpoints pass it."""
-    cfg = make_cfg(
-        f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
-        "dataset.image_size=16", "trainer.max_epochs=1",
-    )  # fmt: skip
+    cfg = make_cfg(f"dataset.root={fmnist_root}", *ONE_EPOCH_MLP)
     train(cfg)
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     assert readable_checkpoint(last)

@@ -104,18 +104,14 @@ def load_logged(uri: str) -> LoggedModel:
     the global tracking store (`open_tool_store`)."""
     import mlflow.models
 
+    from fashion_sweeps.predict import cannot_load
     from fashion_sweeps.tracking.model_logging import load_classifier
 
     try:
         info = mlflow.models.get_model_info(uri)
         classifier = load_classifier(uri)
     except Exception as err:  # MlflowException, OSError for a missing local path, ...
-        raise ExportError(
-            f"Cannot load the model {uri!r} ({err}). Register the best model of a sweep with "
-            "`fashion-sweeps report SWEEP`, name another one (`runs:/<run_id>/model`, "
-            "`models:/<name>@<alias>`, `models:/<model_id>`), or give the store that holds it "
-            "with --tracking-uri."
-        ) from err
+        raise ExportError(cannot_load(uri, err)) from err
     if not isinstance(classifier, Classifier):
         raise ExportError(
             f"The model {uri!r} is a {type(classifier).__name__}, not this package's Classifier: "
