@@ -1,6 +1,6 @@
 """A PyTorch model run by OpenVINO on the CPU: converted once (`ov.convert_model`), compiled for
-throughput, fed by an asynchronous queue of requests so both cores stay busy while batches are
-handed over."""
+throughput, fed by a ring of asynchronous requests so both cores stay busy while batches are handed
+over."""
 
 from __future__ import annotations
 
@@ -60,11 +60,20 @@ def _split(batches: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.
             yield start + offset, batch[offset : offset + REQUEST_IMAGES]
 
 
+def _collect(
+    request: ov.InferRequest, start: int | None, store: Callable[[int, np.ndarray], None]
+) -> None:
+    """Wait for `request` (the GIL released) and hand its output over, if it holds a batch."""
+    if start is not None:
+        request.wait()
+        store(start, request.get_output_tensor(0).data.copy())
+
+
 def openvino_compiled(
     model: nn.Module, engine: Engine, image_shape: tuple[int, int, int]
 ) -> Compiled:
     """`model` converted and compiled in `engine.precision`; a `Compiled` that streams batches
-    through an `AsyncInferQueue` of OpenVINO's optimal number of requests."""
+    through a ring of OpenVINO's optimal number of asynchronous requests."""
     began = time.perf_counter()
     compiled = compile_model(convert(model, image_shape), engine.precision)
     requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -79,23 +88,20 @@ def openvino_compiled(
     def run(
         batches: Iterator[tuple[int, np.ndarray]], store: Callable[[int, np.ndarray], None]
     ) -> None:
-        queue = ov.AsyncInferQueue(compiled, requests)
-        results: dict[int, np.ndarray] = {}
-
-        def done(request: ov.InferRequest, start: int) -> None:
-            results[start] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(done)
-        pending: list[int] = []
+        # Requests in a ring, each waited for before it is reused, with no Python callback: a
+        # callback needs the GIL on OpenVINO's threads, and freeing a compiled model joins those
+        # threads while holding it (a deadlock seen in the test suite).
+        ring = [compiled.create_infer_request() for _ in range(requests)]
+        pending: list[int | None] = [None] * requests
+        submitted = 0
         for start, batch in _split(batches):
-            queue.start_async({0: batch}, userdata=start)
-            pending.append(start)
-            # Hand results over in order as they complete (progress, interrupts between batches).
-            while pending and pending[0] in results:
-                first = pending.pop(0)
-                store(first, results.pop(first))
-        queue.wait_all()
-        for first in pending:
-            store(first, results.pop(first))
+            slot = submitted % requests
+            _collect(ring[slot], pending[slot], store)
+            ring[slot].start_async({0: batch})  # copies its input
+            pending[slot] = start
+            submitted += 1
+        for k in range(requests):  # the rest, oldest first
+            slot = (submitted + k) % requests
+            _collect(ring[slot], pending[slot], store)
 
     return Compiled(engine, run)
