@@ -109,7 +109,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     crop_areas(cfg.get("test_time_crops"))
     check_trainer_options(cfg.trainer)
     check_optimizer(cfg.optimizer)
-    inference_engine(cfg)
+    engine = inference_engine(cfg)  # resolved once: its warnings, if any, said once
     # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
     check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
@@ -127,7 +127,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     run = job.run
     try:
         with run.system_metrics(cfg.tracking.get("system_metrics_s")):
-            best = _fit_and_test(cfg, run, start, callbacks, job.resume_from)
+            best = _fit_and_test(cfg, run, engine, start, callbacks, job.resume_from)
     except BaseException as err:  # Ctrl-C included: the run must not stay RUNNING forever
         raised = _close_stopped_run(cfg, run, err)
         if raised is err:
@@ -166,6 +166,7 @@ def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostEr
 def _fit_and_test(
     cfg: DictConfig,
     run: TrackedRun,
+    engine: Engine,
     start: float,
     callbacks: list[Callback] | None = None,
     resume_from: Path | None = None,
@@ -177,7 +178,7 @@ def _fit_and_test(
     wait_for_rank_zero_data(out)  # DDP ranks > 0 read the caches rank 0 builds
     data.setup()
     _log_data(cfg, run, data)
-    module, speed = _module(cfg, run, data)
+    module, speed = _module(cfg, run, data, engine)
     mark_data_ready(out)
     clock = TrialClock(start)  # overhead around the training steps, logged by _test
     trainer, checkpoint = build_trainer(
@@ -188,7 +189,7 @@ def _fit_and_test(
         precision=speed.precision,
     )
     check_relaunch_possible(trainer)
-    best = _fit(cfg, run, trainer, checkpoint, module, data, resume_from, start)
+    best = _fit(cfg, run, trainer, checkpoint, module, data, engine, resume_from, start)
     if best is None:  # diverged: recorded as failed
         return math.nan
     _test(cfg, run, trainer, module, data, best, clock, start)
@@ -231,11 +232,11 @@ def _log_data(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> None
 
 
 def _module(
-    cfg: DictConfig, run: TrackedRun, data: FashionDataModule
+    cfg: DictConfig, run: TrackedRun, data: FashionDataModule, engine: Engine
 ) -> tuple[ClassifierModule, Speed]:
     """The LightningModule of the run's classifier, and the precision and layout it trains in
-    (trainer/speed.py); with a frozen backbone, on its cached features (models/features.py),
-    whose use the run records."""
+    (trainer/speed.py); with a frozen backbone, on its cached features (models/features.py,
+    computed by `engine`), whose use the run records."""
     model = classifier_for(cfg, data.data)
     speed = resolve_speed(cfg.trainer, model, run_device(cfg.trainer))
     if speed.channels_last:
@@ -245,7 +246,6 @@ def _module(
     run.log_params({"train_precision": speed.precision, "channels_last": speed.channels_last})
     scheduler = build(cfg.scheduler) if cfg.scheduler.get("_target_") else None
     cache = cfg.get("cache") or {}
-    engine = inference_engine(cfg)
     features = apply_feature_cache(
         cache.get("features", False), cache.get("dir"), model, data, engine
     )
@@ -281,6 +281,7 @@ def _fit(
     checkpoint: ModelCheckpoint,
     module: ClassifierModule,
     data: FashionDataModule,
+    engine: Engine,
     resume_from: Path | None,
     start: float,
 ) -> _Best | None:
@@ -289,7 +290,7 @@ def _fit(
     if is_knn(cfg.head):
         # Nothing to optimise (models/knn.py): store the training features, validate once.
         path = run_folder.knn_checkpoint(output_dir(cfg))
-        return _Best(path, fit_knn(trainer, module, data, path, inference_engine(cfg)), 0)
+        return _Best(path, fit_knn(trainer, module, data, path, engine), 0)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if module.diverged:
         run.set_tags({"status": "diverged", "failure_reason": module.divergence})

@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from fashion_sweeps.inference import engines, openvino_engine
-from fashion_sweeps.inference.engines import Engine, InferenceConfigError, choose
+from fashion_sweeps.inference.engines import TORCH_F32, Engine, InferenceConfigError, choose
 from fashion_sweeps.models.classifier import Classifier, Preprocess
-from fashion_sweeps.models.features import TORCH_F32, pooled_features
+from fashion_sweeps.models.features import pooled_features
 from fashion_sweeps.models.scratch_backbones import fmnist_cnn
 from fashion_sweeps.models.timm_backbones import efficientnet_lite0
 from fashion_sweeps.tracking.runs import tracking_uri

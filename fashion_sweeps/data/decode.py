@@ -66,7 +66,7 @@ def _gather(
     filled = 0
     for part in parts:
         interrupts.check()
-        release(out[:filled])  # rows written to a memory-mapped file leave resident memory
+        before = filled
         for result in part:
             if isinstance(result, str):
                 reasons.append(result)
@@ -74,6 +74,7 @@ def _gather(
                 out[filled] = result
                 filled += 1
                 reasons.append(None)
+        release(out[before:filled])  # written to a memory-mapped file: out of resident memory
         left = (time.perf_counter() - progress.start) / len(reasons) * (total - len(reasons))
         progress.update(f"Decoding images: {len(reasons)}/{total}", len(reasons), left)
     return out[:filled], reasons

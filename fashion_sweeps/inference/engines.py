@@ -53,6 +53,10 @@ class Engine:
         return f"{self.name} {self.precision}"
 
 
+# PyTorch eager fp32: the reference every other engine is compared with, and the fallback.
+TORCH_F32 = Engine("torch", "f32")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX): oneDNN's own test."""
     return bool(
@@ -147,10 +151,6 @@ class ImagesIn(nn.Module):
         return self.model(x.permute(0, 3, 1, 2))
 
 
-# One batch (uint8 NHWC) -> one float32 array (N, ...).
-BatchFn = Callable[[np.ndarray], np.ndarray]
-
-
 @dataclass
 class Compiled:
     """A model ready to run on `engine` (what runs, after any fallback)."""
@@ -218,5 +218,5 @@ def compile_images(model: nn.Module, engine: Engine, image_shape: tuple[int, int
                 type(err).__name__,
                 str(err).splitlines()[0][:200] if str(err) else "",
             )
-            return torch_compiled(images_in, Engine("torch", "f32"))
+            return torch_compiled(images_in, TORCH_F32)
     return torch_compiled(images_in, engine)

@@ -9,8 +9,8 @@ and an image decoder. Beside the model files, `labels.json` names the classes an
 of the run that logged the model (at least 99.5% or the command fails). The files are also logged
 to that run under `export/<format>/`.
 
-Both formats start from `torch.export` (the graph with a symbolic batch): torch 2.14's legacy
-TorchScript exporter of `torch.onnx` does not export the Classifier.
+ONNX goes through `torch.export` (torch's dynamo exporter, with a symbolic batch); the IR is
+converted as the inference engine converts models (inference/openvino_engine.py).
 """
 
 from __future__ import annotations
@@ -165,17 +165,13 @@ def export_onnx(graph: nn.Module, image_shape: tuple[int, int, int], path: Path)
 
 
 def export_openvino(graph: nn.Module, image_shape: tuple[int, int, int], xml: Path) -> None:
-    """`graph` as OpenVINO IR (`model.xml` + `model.bin`, fp32 weights) with a dynamic batch and
-    a u8 (N, H, W, C) input."""
+    """`graph` as OpenVINO IR (`model.xml` + `model.bin`, fp32 weights), converted as the
+    inference engine converts it (dynamic batch, u8 (N, H, W, C) input), with named tensors."""
     import openvino as ov
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(
-            graph, _example(image_shape), dynamic_shapes=({0: torch.export.Dim("batch")},)
-        )
-        model = ov.convert_model(program)
-    model.reshape({0: ov.PartialShape([-1, *image_shape])})
+    from fashion_sweeps.inference.openvino_engine import convert
+
+    model = convert(graph, image_shape)
     model.input(0).get_tensor().set_names({INPUT_NAME})
     model.output(0).get_tensor().set_names({OUTPUT_NAME})
     ov.save_model(model, str(xml), compress_to_fp16=False)
@@ -326,10 +322,10 @@ def run_batches(run: Runner, pixels: np.ndarray, batch_size: int, classes: int) 
 
 def torch_probabilities(classifier: Classifier, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     """The reference: the PyTorch model in eval mode, fp32, as the run tested it."""
-    from fashion_sweeps.inference.engines import Engine, ImagesIn, torch_compiled
+    from fashion_sweeps.inference.engines import TORCH_F32, compile_images
     from fashion_sweeps.tracking.model_logging import probabilities_of
 
-    compiled = torch_compiled(ImagesIn(probabilities_of(classifier)), Engine("torch", "f32"))
+    compiled = compile_images(probabilities_of(classifier), TORCH_F32, pixels.shape[1:])
     out = np.empty((len(pixels), len(classifier.classes)), dtype=np.float32)
     return compiled.map(pixels, batch_size, out)
 

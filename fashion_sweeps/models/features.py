@@ -27,7 +27,7 @@ from torch import nn
 from fashion_sweeps import interrupts
 from fashion_sweeps.data.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
-from fashion_sweeps.inference.engines import Engine, compile_images
+from fashion_sweeps.inference.engines import TORCH_F32, Engine, compile_images
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.progress import ProgressLines
 
@@ -85,9 +85,6 @@ def features_key(model: Classifier, data_fingerprint: str, engine: Engine) -> st
             digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
-
-
-TORCH_F32 = Engine("torch", "f32")
 
 
 def pooled_features(

@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule, train_augmentation
-from fashion_sweeps.inference.engines import Engine
-from fashion_sweeps.models.features import TORCH_F32, pooled_features
+from fashion_sweeps.inference.engines import TORCH_F32, Engine
+from fashion_sweeps.models.features import pooled_features
 from fashion_sweeps.models.module import ClassifierModule
 
 log = logging.getLogger(__name__)
