@@ -334,8 +334,11 @@ def _test(
     if not is_rank_zero():
         return  # the rest is rank 0's: evaluation and logging
     prepared = data.data
-    # The best checkpoint's test-split probabilities, collected once for every report and plot.
-    predictions = collect_predictions(module, data.test_dataloader())
+    # The best checkpoint's test-split probabilities, from the test pass (a second pass where DDP
+    # ranks each tested a share), once for every report and plot.
+    predictions = module.test_predictions()
+    if predictions is None:
+        predictions = collect_predictions(module, data.test_dataloader())
     test_metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")
     }

@@ -202,6 +202,23 @@ def test_test_metrics_are_logged_once_and_best_epoch_counts_from_one(
     assert table.loc[0, "best_epoch"] == run.data.metrics["best_epoch"]
 
 
+def test_the_test_split_runs_through_the_model_once(make_cfg, clothing_root, monkeypatch) -> None:
+    """The evaluation (per-class table, confusion matrix, gallery) reuses the test pass's outputs:
+    a second pass cost a fine-tuned run as long as the test itself."""
+    import fashion_sweeps.train as train_module
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the test split ran through the model a second time")
+
+    monkeypatch.setattr(train_module, "collect_predictions", second_pass)
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", *TINY)
+    train(cfg)
+    client, run = only_run(cfg)
+    assert run.info.status == "FINISHED"
+    table = client.download_artifacts(run.info.run_id, "evaluation/per_class.csv")
+    assert Path(table).stat().st_size > 0
+
+
 def test_a_run_carries_mlflows_context_tags_data_inputs_and_system_metrics(
     make_cfg, clothing_root
 ) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fashion_sweeps.evaluation import Predictions
 from fashion_sweeps.models.classifier import Classifier, to_unit
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class ClassifierModule(pl.LightningModule):
         self.on_features = on_features
         # Training batches only (data/augment.py), on the device, before the model's preprocess.
         self.augment = augment
+        # The last test pass's softmax outputs and targets: the evaluation reuses them instead of
+        # running the test split through the model a second time.
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.head(x) if self.on_features else self.model(x)
@@ -108,19 +112,36 @@ class ClassifierModule(pl.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, metrics: MetricCollection, prefix: str) -> None:
+    def _evaluate(self, batch, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
         metrics.update(logits, y)
         self.log(f"{prefix}loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log_dict(metrics, on_epoch=True)
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val_")
 
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test_")
+        logits = self._evaluate(batch, self.test_metrics, "test_")
+        self._test_outputs.append((torch.softmax(logits.float(), dim=1).cpu(), batch[1].cpu()))
+
+    def test_predictions(self) -> Predictions | None:
+        """The last test pass's outputs in split order; None where this process saw only its
+        share of the split (DDP) or no test pass ran."""
+        if not self._test_outputs or self.trainer.world_size > 1:
+            return None
+        probs, targets = zip(*self._test_outputs, strict=True)
+        return Predictions(
+            probs=torch.cat(probs).numpy(),
+            targets=torch.cat(targets).numpy().astype("int64"),
+            classes=list(self.model.classes),
+        )
 
     def on_train_start(self) -> None:
         # seed_everything gives every DDP rank the same generator: without this, all ranks would
