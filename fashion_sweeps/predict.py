@@ -145,7 +145,7 @@ def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
 def engine_of(model) -> str:
     """The engine the model's forward passes ran on (models logged by this package)."""
     try:
-        return str(model.unwrap_python_model().engine)
+        return model.unwrap_python_model().engine_summary()
     except AttributeError:  # another package's pyfunc
         return "its own engine"
 
@@ -291,7 +291,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--precision",
         choices=("auto", "f32", "bf16"),
         default="auto",
-        help="its precision (default auto: bf16 with OpenVINO where the CPU computes it)",
+        help="its precision (default auto: bf16 with OpenVINO where the CPU computes it; images "
+        "whose two best classes are close are computed again in f32)",
     )
     parser.add_argument(
         "--tracking-uri",

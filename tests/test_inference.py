@@ -63,6 +63,26 @@ def test_a_cpu_without_bf16_computes_f32(monkeypatch, caplog) -> None:
     assert "no bf16" in caplog.text
 
 
+def test_close_calls_in_bf16_are_computed_again_in_f32() -> None:
+    """predict and the served model label like PyTorch fp32: bf16's probabilities stand where the
+    two best classes are far apart; elsewhere the f32 pass's replace them."""
+    from fashion_sweeps.tracking.model_logging import probabilities_of
+
+    model, pixels = probabilities_of(tiny_classifier()), grey_images(64)
+    shape = pixels.shape[1:]
+    out = np.empty((len(pixels), 3), np.float32)
+    f32 = engines.compile_images(model, TORCH_F32, shape).map(pixels, 16, out.copy())
+    bf16 = engines.compile_images(model, Engine("torch", "bf16"), shape).map(pixels, 16, out.copy())
+    margin = float(np.median(engines.top_two_gap(bf16)))
+    rechecked = engines.compile_probabilities(model, Engine("torch", "bf16"), shape, margin)
+    mixed = rechecked.map(pixels, 16, out.copy())
+    close = engines.top_two_gap(bf16) < margin
+    assert 0 < close.sum() < len(pixels) and rechecked.rechecked == close.sum()
+    np.testing.assert_array_equal(mixed[close], f32[close])
+    np.testing.assert_array_equal(mixed[~close], bf16[~close])
+    assert engines.compile_probabilities(model, TORCH_F32, shape).map(pixels, 16, out) is out
+
+
 def test_openvino_computes_pytorchs_features() -> None:
     model, pixels = tiny_classifier(), grey_images(37)
     expected, _ = pooled_features(model, pixels, batch_size=10)

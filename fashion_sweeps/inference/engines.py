@@ -55,6 +55,10 @@ class Engine:
 
 # PyTorch eager fp32: the reference every other engine is compared with, and the fallback.
 TORCH_F32 = Engine("torch", "f32")
+# Class probabilities computed in bf16 whose two best classes are closer than this are computed
+# again in f32: bf16 moved the top two by up to 0.19 on the clothing champion's 5,756 photos
+# (docs/caches_and_bench.md), and the labels must be PyTorch's.
+RECHECK_MARGIN = 0.2
 
 
 def cpu_has_bf16() -> bool:
@@ -220,3 +224,62 @@ def compile_images(model: nn.Module, engine: Engine, image_shape: tuple[int, int
             )
             return torch_compiled(images_in, TORCH_F32)
     return torch_compiled(images_in, engine)
+
+
+@dataclass
+class Rechecked:
+    """Class probabilities from a bf16 `fast` pass, where the two most probable classes of an image
+    are within `margin`, replaced by those of an f32 pass (`exact()`, compiled when first needed):
+    bf16's speed with f32's labels. `rechecked` counts the images computed twice."""
+
+    fast: Compiled
+    exact: Callable[[], Compiled]
+    margin: float
+    rechecked: int = 0
+
+    @property
+    def engine(self) -> Engine:
+        return self.fast.engine
+
+    def map(
+        self,
+        pixels: np.ndarray,
+        batch_size: int,
+        out: np.ndarray,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        self.fast.map(pixels, batch_size, out, on_batch)
+        unsure = np.flatnonzero(top_two_gap(out) < self.margin)
+        if len(unsure):
+            out[unsure] = self.exact().map(pixels[unsure], batch_size, np.empty_like(out[unsure]))
+            self.rechecked += len(unsure)
+        return out
+
+
+def top_two_gap(probs: np.ndarray) -> np.ndarray:
+    """Per row, the most probable class's probability minus the second's (1 with one class)."""
+    if probs.shape[1] < 2:
+        return np.ones(len(probs), dtype=probs.dtype)
+    top = np.partition(probs, -2, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def compile_probabilities(
+    model: nn.Module,
+    engine: Engine,
+    image_shape: tuple[int, int, int],
+    margin: float = RECHECK_MARGIN,
+) -> Compiled | Rechecked:
+    """`compile_images` for a model whose outputs are class probabilities (predict, the served
+    model): on a bf16 engine, its close calls are computed again in f32 (`margin` 0: never)."""
+    fast = compile_images(model, engine, image_shape)
+    if fast.engine.precision != "bf16" or margin <= 0:
+        return fast
+    exact: list[Compiled] = []
+
+    def exact_pass() -> Compiled:
+        if not exact:
+            exact.append(compile_images(model, Engine(fast.engine.name, "f32"), image_shape))
+        return exact[0]
+
+    return Rechecked(fast, exact_pass, margin)

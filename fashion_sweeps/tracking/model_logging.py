@@ -32,7 +32,7 @@ from torch import nn
 
 from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.inference import engines
-from fashion_sweeps.inference.engines import Compiled, Engine, compile_images
+from fashion_sweeps.inference.engines import Compiled, Engine, Rechecked, compile_probabilities
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.runs import TrackedRun
 
@@ -63,7 +63,8 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     predict` does); per image a row with the predicted `label`, its `probability`, and one
     probability column per class name. The forward pass runs on the inference engine the
     environment chooses when the model loads (inference/engines.py: OpenVINO on a CPU unless
-    FASHION_SWEEPS_INFERENCE_ENGINE says otherwise), compiled at the first batch of each shape."""
+    FASHION_SWEEPS_INFERENCE_ENGINE says otherwise), compiled at the first batch of each shape; in
+    bf16, images whose two best classes are close are computed again in f32."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model: Classifier = mlflow.pytorch.load_model(
@@ -74,7 +75,12 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
 
     def use_engine(self, engine: Engine) -> None:
         self.engine = engine
-        self._compiled: dict[tuple[int, ...], Compiled] = {}
+        self._compiled: dict[tuple[int, ...], Compiled | Rechecked] = {}
+
+    def engine_summary(self) -> str:
+        """The engine that ran, and how many images it computed again in f32."""
+        rechecked = sum(getattr(c, "rechecked", 0) for c in self._compiled.values())
+        return f"{self.engine}" + (f", {rechecked} close calls again in f32" if rechecked else "")
 
     def predict(
         self,
@@ -85,7 +91,9 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         images = at_size(np.asarray(model_input), self.model.image_size).transpose(0, 2, 3, 1)
         compiled = self._compiled.get(images.shape[1:])
         if compiled is None:
-            compiled = compile_images(probabilities_of(self.model), self.engine, images.shape[1:])
+            compiled = compile_probabilities(
+                probabilities_of(self.model), self.engine, images.shape[1:]
+            )
             self._compiled[images.shape[1:]] = compiled
             self.engine = compiled.engine  # PyTorch after a fallback
         out = np.empty((len(images), len(self.model.classes)), dtype=np.float32)
