@@ -56,7 +56,6 @@ train:  ## one run: make train ARGS="dataset=clothing dataset.root=... backbone=
 
 demo:  ## an offline transfer screen (frozen ImageNet EfficientNet-Lite0) and its full runs on the bundled sample
 	$(FS) sweep sweep=demo $(ARGS)
-	$(FS) report clothing_sample-demo
 
 screen:  ## the 24-condition screen, resumable: make screen ROOT=... ARGS="..."
 	$(FS) screen $(SWEEP_ARGS) $(ARGS)
@@ -66,7 +65,6 @@ full:  ## full runs of the screen's top 4 (10 epochs, early stopping, tested)
 
 sweep:  ## screen, then full runs of its winners (default: clothing_screen, ROOT=...); tables, report
 	$(FS) sweep $(SWEEP_ARGS) $(ARGS)
-	$(FS) report
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)

@@ -66,6 +66,17 @@ def study(workdir: Path, stage: str, name: str = "t") -> optuna.Study:
     return optuna.load_study(study_name=f"{name}/{stage}", storage=storage)
 
 
+def test_a_sweep_ends_with_its_report(workdir: Path, swept) -> None:
+    """`fashion-sweeps sweep` is the whole job: the report is written and the champion
+    registered in the same process, no `fashion-sweeps report` needed after it."""
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    assert "Report of sweep 't'" in swept.stdout
+    assert (workdir / "multirun/sweeps/t/report/report.html").is_file()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("fashion-classifier", "champion")
+    assert client.get_run(version.run_id).data.tags["stage"] == "full"
+
+
 def test_screen_trains_each_condition_once_under_one_parent(client, workdir):
     parent, kids = stage_runs(client, "screen")
     assert sorted(r.data.tags["condition"] for r in kids) == sorted(SCREEN_KEYS)

@@ -6,6 +6,7 @@ protocol) is used unless another `sweep=` option is given; the command sets `swe
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import textwrap
@@ -39,7 +40,8 @@ STAGE_HELP = {
     "checkpoints, log their models, and print and save the comparison. Give it the screen's "
     "sweep=, sweep.name and data set.",
     "sweep": "The screen, then the full stage of its winners: `fashion-sweeps screen` and "
-    "`fashion-sweeps full` with the same arguments.",
+    "`fashion-sweeps full` with the same arguments; then the sweep's report "
+    "(`fashion-sweeps report SWEEP`).",
 }
 STAGE_OPTIONS = """\
 Every argument is a Hydra override of train's config (`fashion-sweeps train --help` lists its
@@ -102,10 +104,18 @@ def full() -> None:
 
 
 def sweep() -> None:
-    """The screen, then the full runs of its winners."""
+    """The screen, then the full runs of its winners, then the sweep's report."""
     args = sys.argv[1:]
     if "-h" in args or "--help" in args:
         print(stage_help("sweep"))
         return
     for stage in STAGES:
         run_stage(stage, args)
+    from fashion_sweeps.sweeps import report
+    from fashion_sweeps.sweeps.sweeper import last_stage
+
+    if last_stage:
+        logging.getLogger().handlers.clear()  # Hydra's, the last job's log file among them
+        code = report.main([last_stage["sweep"], "--tracking-uri", last_stage["tracking_uri"]])
+        if code:
+            raise SystemExit(code)

@@ -61,6 +61,9 @@ from fashion_sweeps.sweeps.study import (
 from fashion_sweeps.tracking.runs import TrackedRun
 
 log = logging.getLogger(__name__)
+# The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it
+# in the same process (no second start of MLflow and torch).
+last_stage: dict[str, str] = {}
 
 
 class SweepError(CompactHydraException):
@@ -275,6 +278,7 @@ class StageSweep:
             raise
         self._publish(parent, stage, name, time.perf_counter() - start)
         self._close(parent, study, crashed)
+        last_stage.update(sweep=name, tracking_uri=parent.uri)
 
     @staticmethod
     def _close(parent: TrackedRun, study: optuna.Study, crashed: int) -> None:
