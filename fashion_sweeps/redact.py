@@ -7,9 +7,13 @@ The connection itself still uses the full URI; only what is shown or stored is r
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, open_dict, read_write
 
 # scheme://userinfo@ : userinfo runs up to the last '@' before the host (a password may hold an
 # unencoded '@'); it stops at whitespace and at the characters that end an authority.
@@ -60,3 +64,32 @@ def install_log_redaction() -> None:
 
     factory.redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+CREDENTIAL_ENV_PREFIX = "FASHION_SWEEPS_CREDENTIAL_"
+
+
+def _to_environment(match: re.Match[str]) -> str:
+    userinfo = match.group("userinfo")
+    name = CREDENTIAL_ENV_PREFIX + hashlib.sha256(userinfo.encode()).hexdigest()[:12].upper()
+    os.environ[name] = userinfo
+    return f"{match.group('scheme')}${{oc.env:{name}}}@"
+
+
+def credentials_to_environment(config: DictConfig | ListConfig) -> None:
+    """Move the credentials of every URI in `config` (values and Hydra's override strings, in
+    place) into environment variables of this process, leaving `${oc.env:NAME}` in their place.
+    Launchers pickle the config for their jobs (submitit, SLURM: world-readable files); the jobs
+    inherit the environment and resolve the reference, so no file holds the password."""
+    with read_write(config), open_dict(config):
+        keys = range(len(config)) if isinstance(config, ListConfig) else list(config.keys())
+        for key in keys:
+            node = config._get_node(key)
+            if isinstance(node, (DictConfig, ListConfig)):
+                credentials_to_environment(node)
+                continue
+            value = node._value() if node is not None else None
+            if isinstance(value, str) and "@" in value:
+                moved = _USERINFO.sub(_to_environment, value)
+                if moved != value:
+                    config[key] = moved

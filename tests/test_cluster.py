@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 import pytest
@@ -104,8 +105,14 @@ def stage_children(client: MlflowClient) -> tuple:
 
 
 def test_screen_on_slurm_trains_every_condition_once_as_one_job_array(
-    cluster: dict[str, str], tmp_path: Path
+    cluster: dict[str, str], database: Callable[[], str], tmp_path: Path
 ) -> None:
+    """...with its study in PostgreSQL: the password reaches the jobs through the environment
+    sbatch exports, never through the configs submitit pickles for them."""
+    storage = database()
+    parts = urlsplit(storage)
+    assert parts.password
+    credentials = f"{parts.username}:{parts.password}@".encode()
     start = time.monotonic()
     done = subprocess.run(
         [
@@ -113,7 +120,7 @@ def test_screen_on_slurm_trains_every_condition_once_as_one_job_array(
             "hydra/launcher=slurm", f"hydra.launcher.partition={cluster['FASHION_SWEEPS_SLURM_PARTITION']}",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
             "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=4",
-            f"tracking.dir={tmp_path / 'mlruns'}",
+            f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweeper.storage={storage}",
         ],
         cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -132,11 +139,13 @@ def test_screen_on_slurm_trains_every_condition_once_as_one_job_array(
     logs = tmp_path / "multirun/sweeps/arr/screen/.submitit"
     assert all((logs / j / f"{j}_0_log.out").exists() for j in job_ids)
 
-    study = optuna.load_study(
-        study_name="arr/screen", storage=f"sqlite:///{tmp_path / 'multirun/sweeps/optuna.db'}"
-    )
+    study = optuna.load_study(study_name="arr/screen", storage=storage)
     assert sorted(t.user_attrs[CONDITION] for t in study.trials) == CONDITIONS
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    pickles = list((tmp_path / "multirun").rglob("*.pkl"))
+    assert pickles
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and credentials in p.read_bytes()]
+    assert holding == []
 
 
 @pytest.fixture

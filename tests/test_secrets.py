@@ -65,3 +65,31 @@ def test_a_sweep_storage_that_cannot_be_opened_is_reported_without_its_password(
     assert result.returncode != 0 and "cannot be opened" in printed
     assert "postgresql://u:***@127.0.0.1:9/optuna" in printed
     assert SECRET not in printed
+
+
+def test_configs_that_launchers_pickle_hold_references_not_credentials(monkeypatch) -> None:
+    """submitit and SLURM pickle the sweep's config for each job into world-readable files: the
+    credentials move to the environment the jobs inherit; the config resolves to the same URIs."""
+    import os
+    import pickle
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fashion_sweeps.config import CONF_DIR
+    from fashion_sweeps.redact import CREDENTIAL_ENV_PREFIX, credentials_to_environment
+
+    for name in [k for k in os.environ if k.startswith(CREDENTIAL_ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    storage = f"postgresql://u:{SECRET}@db:5432/optuna"
+    overrides = [f"tracking.uri=http://me:{SECRET}@host:5000", f"+storage={storage}"]
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.overrides.task = overrides
+    credentials_to_environment(cfg)
+    assert SECRET.encode() not in pickle.dumps(cfg)
+    assert SECRET not in OmegaConf.to_yaml(cfg)
+    assert cfg.tracking.uri == f"http://me:{SECRET}@host:5000"  # resolved from the environment
+    assert cfg.storage == storage
+    assert [k for k in os.environ if k.startswith(CREDENTIAL_ENV_PREFIX)]
+    assert OmegaConf.to_container(cfg.hydra.overrides, resolve=True)["task"] == overrides

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
@@ -35,6 +36,7 @@ from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
 from fashion_sweeps.paths import check_name
 from fashion_sweeps.progress import stage_progress
+from fashion_sweeps.redact import credentials_to_environment
 from fashion_sweeps.sweeps import identity, stage_run, tables
 from fashion_sweeps.sweeps.jobs import Job, StageJobs
 from fashion_sweeps.sweeps.select import full_stage
@@ -102,6 +104,11 @@ class StageSweep:
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # Before the launcher holds the config: it pickles it, and Hydra's own copy (the
+        # singletons' state), for each job.
+        credentials_to_environment(config)
+        if HydraConfig.initialized():
+            credentials_to_environment(HydraConfig.instance().cfg)
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
