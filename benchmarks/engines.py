@@ -10,8 +10,8 @@ size:
    the reference), PyTorch bf16 autocast, OpenVINO fp32 and bf16. OpenVINO's one-off convert +
    compile is timed apart (`compile_s`), not in the rate.
 2. predict: images/s of the whole classifier with its softmax (`probabilities_of`, what
-   `predict` and the served model run) through `compile_images`, and each engine's top-1
-   agreement with PyTorch fp32. The classifier's head is the PyTorch fp32 probe below (so its
+   `predict` and the served model run) through `compile_probabilities`, as they run it (in bf16,
+   close calls computed again in f32), and each engine's top-1 agreement with PyTorch fp32. The classifier's head is the PyTorch fp32 probe below (so its
    predictions are a trained model's).
 3. probe: accuracy of a logistic regression fitted on each engine's features of a stratified
    70% of the photos, on the other 30% (the same split for all); labelled real photos only.
@@ -66,6 +66,7 @@ from fashion_sweeps.data.decode import decode_files
 from fashion_sweeps.inference.engines import (
     Engine,
     compile_images,
+    compile_probabilities,
     cpu_has_bf16,
     openvino_installed,
 )
@@ -266,8 +267,10 @@ class _Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def compiled_for(model: nn.Module, engine: Engine, shape: tuple[int, ...]) -> tuple[Any, str]:
-    """`compile_images(model, engine, shape)` and what it warned (why it fell back), if any.
+def compiled_for(
+    model: nn.Module, engine: Engine, shape: tuple[int, ...], compile: Callable = compile_images
+) -> tuple[Any, str]:
+    """`compile(model, engine, shape)` and what it warned (why it fell back), if any.
 
     A conversion that fails leaves the root logger at ERROR (OpenVINO's `convert_model` sets it
     and only restores it on success), which would mute that warning and every later line of the
@@ -280,7 +283,7 @@ def compiled_for(model: nn.Module, engine: Engine, shape: tuple[int, ...]) -> tu
         logger.setLevel(logging.WARNING)
     logger.addHandler(said)
     try:
-        return compile_images(model, engine, shape), " ".join(said.messages)
+        return compile(model, engine, shape), " ".join(said.messages)
     finally:
         logger.removeHandler(said)
         logger.disabled, level, root_level, root.filters, root.handlers = saved
@@ -289,7 +292,13 @@ def compiled_for(model: nn.Module, engine: Engine, shape: tuple[int, ...]) -> tu
 
 
 def through_engines(
-    model: nn.Module, pixels: np.ndarray, width: int, engines: list[Engine], rounds: int, what: str
+    model: nn.Module,
+    pixels: np.ndarray,
+    width: int,
+    engines: list[Engine],
+    rounds: int,
+    what: str,
+    compile: Callable = compile_images,
 ) -> EngineRun:
     """`model` (uint8 NCHW images in, (N, width) out) compiled for each engine (timed apart, then
     warmed up on one batch), then its pass over `pixels` timed in interleaved rounds. An engine
@@ -298,7 +307,7 @@ def through_engines(
     for engine in engines:
         key = str(engine)
         start = time.perf_counter()
-        compiled[key], warned[key] = compiled_for(model, engine, tuple(pixels.shape[1:]))
+        compiled[key], warned[key] = compiled_for(model, engine, tuple(pixels.shape[1:]), compile)
         compile_s[key] = time.perf_counter() - start if engine.name == "openvino" else 0.0
         outputs[key] = np.empty((len(pixels), width), dtype=np.float32)
         compiled[key].map(pixels[:BATCH_SIZE], BATCH_SIZE, outputs[key][:BATCH_SIZE])  # warm-up
@@ -465,7 +474,7 @@ def backbone_parts(
     before = load_average()
     predicted = through_engines(
         probabilities_of(classifier), pixels, len(classes), engines, settings.rounds,
-        f"{name} predict",
+        f"{name} predict", compile_probabilities,
     )  # fmt: skip
     predict_rows = engine_rows(name, size, predicted)
     top1 = {key: probs.argmax(axis=1) for key, probs in predicted.outputs.items()}

@@ -340,7 +340,8 @@ def engine_tables(results: dict[str, Any]) -> list[str]:
         ]
     if predict:
         lines += [
-            "### 5.2 Predict (whole classifier + softmax, `probabilities_of`), images/s",
+            "### 5.2 Predict (whole classifier + softmax, `probabilities_of`, as `predict` runs "
+            "it: in bf16, close calls again in f32), images/s",
             "",
             *markdown.table(
                 [

@@ -20,8 +20,9 @@ from fashion_sweeps.inference.engines import Compiled, Engine, eval_mode
 log = logging.getLogger(__name__)
 
 # OpenVINO's throughput mode wants small requests in flight together: 2 requests of 16 images
-# beat one of 64 by 1.8x on 2 cores (docs/caches_and_bench.md).
-REQUEST_IMAGES = 16
+# beat one of 64 by 1.8x on 2 cores, and requests of 4 beat those of 16 by a further 1.1x
+# (docs/caches_and_bench.md).
+REQUEST_IMAGES = 4
 
 
 def convert(model: nn.Module, image_shape: tuple[int, int, int]) -> ov.Model:
