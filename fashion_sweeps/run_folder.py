@@ -27,6 +27,8 @@ EVALUATION = "evaluation"
 EXPORTED_BACKBONE = "backbone.pth"
 # Where a checkpoint's state dict keeps the backbone's tensors: ClassifierModule.model.backbone.
 BACKBONE_PREFIX = "model.backbone."
+# Set in the checkpoints of runs on cached features, which leave the (frozen) backbone out.
+WITHOUT_BACKBONE = "fashion_sweeps_without_backbone"
 
 
 def record(folder: Path) -> Path:

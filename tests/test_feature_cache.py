@@ -109,6 +109,27 @@ def test_cached_features_train_the_same_head(make_cfg, fmnist_root: Path) -> Non
     assert run_metrics(cfg, "other")[1]["feature_cache"] == "hit"
 
 
+def test_checkpoints_on_cached_features_leave_the_frozen_backbone_out(
+    make_cfg, fmnist_root: Path
+) -> None:
+    """Two checkpoints an epoch of every screen trial: the backbone, which never runs on cached
+    features, is not written again each time; the best checkpoint still tests (loaded whole)."""
+    from fashion_sweeps.run_folder import BACKBONE_PREFIX, WITHOUT_BACKBONE
+
+    cfg = make_cfg("dataset=fashion_mnist", f"dataset.root={fmnist_root}", *FROZEN)
+    train(cfg)
+    checkpoints = sorted((Path(cfg.output_dir) / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 2  # best and last
+    for path in checkpoints:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert saved[WITHOUT_BACKBONE]
+        assert not [k for k in saved["state_dict"] if k.startswith(BACKBONE_PREFIX)]
+        assert [k for k in saved["state_dict"] if k.startswith("model.head.")]
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
+
+
 def frozen_setup(make_cfg, fmnist_root: Path, *extra: str):
     cfg = make_cfg("dataset=fashion_mnist", f"dataset.root={fmnist_root}", *FROZEN, *extra)
     pl.seed_everything(cfg.seed)

@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from fashion_sweeps import run_folder
-from fashion_sweeps.run_folder import BACKBONE_PREFIX
+from fashion_sweeps.run_folder import BACKBONE_PREFIX, WITHOUT_BACKBONE
 
 
 class ExportError(RuntimeError):
@@ -54,7 +54,14 @@ def best_checkpoint(folder: Path) -> Path:
 
 def backbone_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The backbone's tensors in a Lightning checkpoint, under `Backbone.state_dict()`'s keys."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if saved.get(WITHOUT_BACKBONE):
+        raise ExportError(
+            f"{checkpoint} is of a run on cached features: its backbone stayed frozen as loaded "
+            "(its pretrained weights, backbone.weights_path), so the checkpoint leaves it out. "
+            "Export the backbone of a run that fine-tuned it (backbone.freeze=false or N)."
+        )
+    state = saved["state_dict"]
     backbone = {
         k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)
     }
