@@ -16,6 +16,8 @@ a second SIGTERM or Ctrl-C stops at once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -96,3 +98,22 @@ def reason() -> str:
 def exit_code() -> int:
     """128 + the signal's number: 130 after Ctrl-C, 143 after SIGTERM."""
     return 128 + int(signal.Signals[signal_name()])
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def worker_process(parent: int) -> None:
+    """Initializer of this package's worker processes (the decoding pool), forked by `parent`:
+    default signal handlers, not the parent's inherited deferring one (Ctrl-C reaches the parent,
+    which ends the pool), and death with the parent. A parent killed by `kill -9` or the OOM
+    killer leaves no orphan holding the caches and the stores open (Linux's PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError, TypeError):  # not Linux: workers end with their pool
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -49,3 +50,43 @@ def test_a_run_killed_with_sigkill_is_closed_killed_by_the_next_run(
     assert f"pid {killed.pid}" in dead.data.tags["failure_reason"]
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+
+
+DECODING_PARENT = """
+import sys, time
+from pathlib import Path
+from fashion_sweeps.data import decode
+from fashion_sweeps import interrupts
+
+def slow_chunk(job):
+    time.sleep(120)
+    return []
+
+decode._decode_chunk = slow_chunk  # forked workers inherit it: they stay busy until killed
+interrupts.install()  # as the CLI does: its handler is what workers used to inherit
+print("decoding", flush=True)
+decode.decode_files([Path("x.jpg")] * 512, 8, workers=2)
+"""
+
+
+def test_decoding_workers_die_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) during a decode left its pool's workers alive for minutes,
+    ignoring SIGTERM and holding the stores open: they now end with their parent."""
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", DECODING_PARENT], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout.readline() == "decoding\n"
+    process = psutil.Process(parent.pid)
+    deadline = time.monotonic() + 60
+    while len(process.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = process.children()
+    assert len(workers) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    for worker in alive:
+        worker.kill()
+    assert alive == [], "decoding workers outlived their killed parent"

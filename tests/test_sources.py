@@ -125,6 +125,19 @@ def rewrite(path: Path, edit, encoding: str = "utf-8") -> None:
     path.write_bytes(edit(path.read_text()).encode(encoding))
 
 
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit PNG (medical, scanned and camera-raw exports) decoded near-white before: PIL's
+    convert clips its values at 255. Black, mid-grey and white stay themselves."""
+    levels = np.array([0, 32768, 65535], dtype=np.uint16).repeat(8)[None, :].repeat(24, axis=0)
+    Image.fromarray(levels).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    for mode, channels in (("L", 1), ("RGB", 3)):
+        images, reasons = decode_files([tmp_path / "wide.png"], 24, mode)
+        assert reasons == [None] and images.shape == (1, 24, 24, channels)
+        middle_row = images[0, 12, :, 0].astype(int)
+        assert middle_row[2] == 0 and abs(middle_row[12] - 128) <= 1 and middle_row[21] == 255
+
+
 def test_csv_with_a_byte_order_mark_is_read(clothing_root: Path, product_root: Path) -> None:
     before = len(read_clothing(clothing_root)), len(read_fashion_product(product_root))
     rewrite(clothing_root / "images.csv", lambda t: "\ufeff" + t)

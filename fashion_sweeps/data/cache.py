@@ -24,7 +24,7 @@ from fashion_sweeps.data.decode import decode_files, decoded_shape
 log = logging.getLogger(__name__)
 
 # Bump when `decode.load_image` changes what it produces: old entries then stop matching.
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: 16-bit greyscale scaled to 8 bits, not clipped
 
 
 @dataclass

@@ -32,9 +32,22 @@ def load_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
     with Image.open(path) as img:
         # JPEG draft mode decodes at a reduced scale directly: much faster for small targets.
         img.draft(mode, (size, size))
-        img = img.convert(mode).resize((size, size), Image.Resampling.BICUBIC)
+        img = eight_bit(img).convert(mode).resize((size, size), Image.Resampling.BICUBIC)
         array = np.asarray(img, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
+
+
+# Greyscale modes of more than 8 bits (16-bit PNGs open as I;16*, some as 32-bit I): PIL's
+# convert() clips them at 255, which turned a 16-bit photo near-white.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """`img` with a 16-bit greyscale range scaled to 8 bits (other modes as they are)."""
+    if img.mode not in WIDE_GREY_MODES:
+        return img
+    wide = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
 
 
 def _decode_chunk(args: tuple[list[Path], int, str]) -> list[np.ndarray | str]:
@@ -100,7 +113,11 @@ def decode_files(
     if out is None:
         out = np.empty(decoded_shape(len(paths), size, mode), dtype=np.uint8)
     if workers > 1 and len(paths) >= PARALLEL_MIN_IMAGES:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            initializer=interrupts.worker_process,
+            initargs=(os.getpid(),),
+        ) as pool:
             return _gather(pool.map(_decode_chunk, jobs), len(paths), out)
     return _gather(map(_decode_chunk, jobs), len(paths), out)
 
