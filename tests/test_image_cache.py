@@ -81,6 +81,30 @@ def test_damaged_entry_is_detected_and_rebuilt(
     assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "hit"
 
 
+def test_a_process_checks_an_entry_once_and_a_rewritten_entry_again(
+    paths: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every trial of a screen loads the same image entry: hashing all of it (6.5 GB at product
+    scale) each time cost seconds a trial. Checked when written or first loaded, then trusted
+    until the file changes."""
+    from fashion_sweeps.data import array_store
+
+    hashed: list[int] = []
+    real = array_store.array_sha256
+    monkeypatch.setattr(array_store, "array_sha256", lambda a: hashed.append(a.nbytes) or real(a))
+    cache = tmp_path / "c"
+    assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "miss"
+    assert len(hashed) == 1  # the entry's checksum, computed as it was written
+    for _ in range(2):
+        assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "hit"
+    assert len(hashed) == 1
+    [array_file] = entry_files(cache)
+    data = bytearray(array_file.read_bytes())
+    data[-100] ^= 0xFF
+    array_file.write_bytes(bytes(data))
+    assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "miss"
+
+
 def test_unwritable_cache_still_returns_the_images(
     paths: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
