@@ -194,6 +194,26 @@ def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
+def decoded_batches(
+    files: Sequence[Path], batch_size: int, size: int, mode: str, pool: ThreadPoolExecutor
+) -> Iterator[tuple[Sequence[Path], list[np.ndarray | str]]]:
+    """Each batch of `files` with its decoded images (or why not), the next batch decoding on
+    `pool` while the caller runs the model on this one."""
+
+    def decode(chunk: Sequence[Path]) -> list:
+        return [pool.submit(_decode, path, size, mode) for path in chunk]
+
+    chunks = batches(files, batch_size)
+    current = next(chunks, None)
+    ahead = decode(current) if current is not None else []
+    while current is not None:
+        following = next(chunks, None)
+        done = [future.result() for future in ahead]
+        ahead = decode(following) if following is not None else []
+        yield current, done
+        current = following
+
+
 def tag(
     files: Sequence[Path],
     model,
@@ -221,8 +241,7 @@ def tag(
     ):
         writer = csv.writer(f)
         writer.writerow(header(top_k))
-        for chunk in batches(files, batch_size):
-            decoded = list(pool.map(lambda p: _decode(p, size, mode), chunk))
+        for chunk, decoded in decoded_batches(files, batch_size, size, mode, pool):
             good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
             rows: dict[int, list] = {}
             if good:
