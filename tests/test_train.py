@@ -301,6 +301,8 @@ def assert_one_paragraph(code: int, output: str, message: str) -> None:
         (["optimizer.lr=-0.01"], "OptimizerConfigError: optimizer.lr=-0.01"),
         (["dataset.batch_size=0"], "DataError: dataset.batch_size=0"),
         (["dataset.batch_size=-4"], "DataError: dataset.batch_size=-4"),
+        (["dataset.image_size=0"], "DataError: dataset.image_size=0"),
+        (["dataset.image_size=-8"], "DataError: dataset.image_size=-8"),
         (["backbone=vgg16", "dataset.image_size=16"], "ImageSizeError: dataset.image_size=16"),
         (["backbone=simple_cnn", "dataset.image_size=8"], "ImageSizeError: dataset.image_size=8"),
         (["dataset.include=[Dress]"], "DataError: Only one class (Dress) is left"),

@@ -290,11 +290,18 @@ def _whole_batch(batch: Any) -> Any:
 
 
 def check_loader_options(dataset: DictConfig) -> None:
-    """Checked before a run opens: a DataLoader would fail only once training starts."""
+    """Checked before a run opens: a DataLoader, or the resize, would fail only once the data is
+    read or training starts."""
     size = dataset.get("batch_size")
     if not isinstance(size, int) or size < 1:
         raise DataError(
             f"dataset.batch_size={size!r}: give the images per batch, 1 or more (e.g. 32)."
+        )
+    side = dataset.get("image_size")
+    if not isinstance(side, int) or isinstance(side, bool) or side < 1:
+        raise DataError(
+            f"dataset.image_size={side!r}: give the pixels per side images are resized to, 1 or "
+            "more (e.g. 224, an ImageNet backbone's own; 28 for Fashion-MNIST)."
         )
 
 
