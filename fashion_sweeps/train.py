@@ -430,7 +430,7 @@ def main(cfg: DictConfig) -> float:
     interrupts.install()
     redact_hydra_files()
     try:
-        return train(cfg)
+        value = train(cfg)
     except KeyboardInterrupt:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records the condition as abandoned and stops (sweeps/commands.py)
@@ -450,6 +450,9 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("%s: %s", type(known).__name__, known)
         raise SystemExit(1) from None
+    if math.isnan(value) and HydraConfig.get().mode != RunMode.MULTIRUN:
+        raise SystemExit(1)  # diverged, said above and recorded FAILED: scripts must see it too
+    return value
 
 
 if __name__ == "__main__":

@@ -106,6 +106,17 @@ def test_diverging_run_stops_and_is_recorded_failed(make_cfg, clothing_root: Pat
     assert "non-finite" in run.data.tags["failure_reason"]
 
 
+def test_a_diverged_run_exits_non_zero(tmp_path: Path) -> None:
+    """`train` ending FAILED (diverged) exited 0: a script or CI job took it for a result."""
+    result = fashion_sweeps(
+        tmp_path, "train", "dataset=clothing_sample", "dataset.image_size=8", *CNN,
+        "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=1", "tracking.log_model=false",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "diverged" in output(result)
+
+
 @pytest.mark.parametrize("root", ["nowhere", "a_file"])
 def test_a_data_root_that_cannot_be_read_fails_before_any_run_is_made(make_cfg, tmp_path, root):
     """A typo in dataset.root is no experiment: no FAILED run, no new MLflow experiment."""
