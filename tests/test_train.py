@@ -109,7 +109,7 @@ def test_diverging_run_stops_and_is_recorded_failed(make_cfg, clothing_root: Pat
 def test_a_diverged_run_exits_non_zero(tmp_path: Path) -> None:
     """`train` ending FAILED (diverged) exited 0: a script or CI job took it for a result."""
     result = fashion_sweeps(
-        tmp_path, "train", "dataset=clothing_sample", "dataset.image_size=8", *CNN,
+        tmp_path, "train", "dataset=clothing_sample", "dataset.image_size=16", *CNN,
         "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=1", "tracking.log_model=false",
         check=False,
     )  # fmt: skip
