@@ -39,7 +39,7 @@ def check_name(value: str, key: str, names: str) -> str:
     """A user value used whole as a folder name (e.g. `sweep.name`): returned, or refused."""
     if not NAME.match(str(value)):
         raise UnsafePathError(
-            f"{key}={value!r}: use letters, digits, '_', '-' and '.', not starting with '.' "
-            f"(it names {names})."
+            f"{key}={value!r}: use letters, digits, '_', '-' and '.', starting with a letter, a "
+            f"digit or '_' (it names {names})."
         )
     return str(value)

@@ -285,6 +285,16 @@ def test_swept_values_never_place_outputs_outside_the_stage_folder(tmp_path: Pat
     assert [p.resolve().parent for p in records] == [stage / "mlp" / "fc" / "adam" / "0.01"] * 2
 
 
+@pytest.mark.parametrize("name", ["-rf", ".x"])
+def test_a_refused_sweep_name_is_told_how_names_start(name: str) -> None:
+    """`sweep.name=-rf` was refused with a message saying '-' is allowed, and nothing more."""
+    from fashion_sweeps.paths import UnsafePathError, check_name
+
+    with pytest.raises(UnsafePathError, match="starting with a letter, a digit or '_'"):
+        check_name(name, "sweep.name", "the study")
+    assert check_name("a-rf", "sweep.name", "the study") == "a-rf"
+
+
 @pytest.mark.parametrize("name", ["..", ".", ".hidden"])
 def test_a_sweep_name_that_is_not_a_folder_name_is_refused(tmp_path: Path, name: str) -> None:
     write_clothing(tmp_path / "clothing", per_class=2, seed=4)
