@@ -83,6 +83,21 @@ def test_close_calls_in_bf16_are_computed_again_in_f32() -> None:
     assert engines.compile_probabilities(model, TORCH_F32, shape).map(pixels, 16, out) is out
 
 
+@pytest.mark.skipif(not BF16, reason="the f32 recheck follows a bf16 pass")
+def test_the_f32_recheck_reuses_the_converted_model(monkeypatch) -> None:
+    """Converting was most of a compile: predict's f32 pass of close calls compiles the model
+    OpenVINO already converted for bf16 (5 s saved on Lite2)."""
+    from fashion_sweeps.tracking.model_logging import probabilities_of
+
+    calls: list[tuple] = []
+    real = openvino_engine.convert
+    monkeypatch.setattr(openvino_engine, "convert", lambda m, s: calls.append(s) or real(m, s))
+    model, pixels = probabilities_of(tiny_classifier()), grey_images(16)
+    rechecked = engines.compile_probabilities(model, Engine("openvino", "bf16"), (28, 28, 1), 1.0)
+    rechecked.map(pixels, 8, np.empty((16, 3), np.float32))
+    assert rechecked.rechecked == 16 and len(calls) == 1
+
+
 def test_openvino_computes_pytorchs_features() -> None:
     model, pixels = tiny_classifier(), grey_images(37)
     expected, _ = pooled_features(model, pixels, batch_size=10)

@@ -214,7 +214,7 @@ def compile_images(model: nn.Module, engine: Engine, image_shape: tuple[int, int
         from fashion_sweeps.inference.openvino_engine import openvino_compiled
 
         try:
-            return openvino_compiled(images_in, engine, image_shape)
+            return openvino_compiled(images_in, engine, image_shape, source=model)
         except Exception as err:  # conversion raises many types (unsupported ops, tracing)
             log.warning(
                 "OpenVINO cannot run %s (%s: %s); running PyTorch instead.",

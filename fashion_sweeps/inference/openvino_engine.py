@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -70,13 +71,24 @@ def _collect(
         store(start, request.get_output_tensor(0).data.copy())
 
 
+# Models converted, by the PyTorch model they came from and image shape: predict compiles one
+# model twice (bf16, and f32 for its close calls), and converting is most of a compile's time.
+_converted: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], ov.Model]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def openvino_compiled(
-    model: nn.Module, engine: Engine, image_shape: tuple[int, int, int]
+    model: nn.Module, engine: Engine, image_shape: tuple[int, int, int], source: nn.Module
 ) -> Compiled:
-    """`model` converted and compiled in `engine.precision`; a `Compiled` that streams batches
-    through a ring of OpenVINO's optimal number of asynchronous requests."""
+    """`model` (made from `source`: converted once per source and shape) compiled in
+    `engine.precision`; a `Compiled` that streams batches through a ring of OpenVINO's optimal
+    number of asynchronous requests."""
     began = time.perf_counter()
-    compiled = compile_model(convert(model, image_shape), engine.precision)
+    shapes = _converted.setdefault(source, {})
+    if image_shape not in shapes:
+        shapes[image_shape] = convert(model, image_shape)
+    compiled = compile_model(shapes[image_shape], engine.precision)
     requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
     log.info(
         "OpenVINO %s: %s compiled in %.1fs (%d requests in flight)",
