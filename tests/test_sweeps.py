@@ -175,16 +175,31 @@ def test_rerun_trains_nothing_new(client, workdir):
     assert {s: len(study(workdir, s).trials) for s in ("screen", "full")} == trials
 
 
+def test_a_refused_condition_is_recorded_failed_and_the_others_go_on(workdir):
+    """optimizer.lr=-1 stopped the whole sweep with a traceback: one policy now (docs/sweeps.md),
+    a condition whose settings are refused fails with its paragraph, the rest are trained."""
+    args = [*common_args(workdir), "sweep.name=refused", "backbone=mlp", "optimizer.lr=-1,0.01"]
+    first = fashion_sweeps(workdir, "screen", *args)
+    text = output(first)
+    assert "mlp/fc/adam/-1: refused, recorded as failed" in text
+    assert "OptimizerConfigError: optimizer.lr=-1" in text and "Traceback" not in text
+    assert "mlp/fc/adam/0.01: finished" in text
+    outcomes = sorted(t.user_attrs[OUTCOME] for t in study(workdir, "screen", "refused").trials)
+    assert outcomes == ["finished", "refused"]
+    again = fashion_sweeps(workdir, "screen", *args)  # refused again would change nothing
+    assert "2 condition(s) planned, 2 done, 0 to train" in output(again)
+
+
 def test_crashed_condition_stops_the_stage_and_is_retried(workdir):
-    args = [*common_args(workdir), "sweep.name=crash", "backbone=mlp", "optimizer.lr=-1,0.01"]
+    args = [*common_args(workdir), "sweep.name=crash", "backbone=mlp", "head=mlp"]
+    args += ["optimizer.lr=0.01", "head.hidden=-1,16"]  # a negative width: no check names it
     first = fashion_sweeps(workdir, "screen", *args, check=False)
     assert first.returncode != 0
-    assert "optimizer.lr=-1" in output(first)
-    assert "max_failure_rate" in output(first)
+    assert "crashed" in output(first) and "max_failure_rate" in output(first)
     # A crash is not a result: the next invocation tries that condition again.
     second = fashion_sweeps(workdir, "screen", *args, "hydra.sweeper.max_failure_rate=1.0")
     assert "2 condition(s) planned, 0 done, 2 to train" in output(second)
-    assert "mlp/fc/adam/0.01: finished" in output(second)
+    assert output(second).count(": finished, val_loss") == 1
     assert "1 condition(s) crashed" in output(second)
     assert "run the same command again to retry them" in output(second)
 

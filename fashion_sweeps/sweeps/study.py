@@ -10,7 +10,9 @@ optuna-dashboard).
 Outcomes (user attribute `outcome`):
 - `finished`: COMPLETE with the best val_loss as value. Done.
 - `diverged`: the run returned NaN (non-finite loss). FAIL, but done: rerunning would diverge again.
-- `crashed`:  the job raised. FAIL, retried by the next invocation.
+- `refused`: the run refused its settings (a user error: one paragraph). FAIL, but done:
+  the same settings would be refused again.
+- `crashed`:  the job raised anything else. FAIL, retried by the next invocation.
 - `abandoned`: interrupted (Ctrl-C, killed process). FAIL, retried by the next invocation.
 - `duplicate`: a sampler proposed a condition already done; FAIL, not trained.
 
@@ -130,7 +132,7 @@ def recordable(
 
 def is_done(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.FAIL and trial.user_attrs.get(OUTCOME) == "diverged"
+        trial.state == TrialState.FAIL and trial.user_attrs.get(OUTCOME) in ("diverged", "refused")
     )
 
 

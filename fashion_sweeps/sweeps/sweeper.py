@@ -60,7 +60,8 @@ from fashion_sweeps.sweeps.study import (
     sqlite_ready,
     trial_params,
 )
-from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
+from fashion_sweeps.train import user_error
 
 log = logging.getLogger(__name__)
 # The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it
@@ -377,6 +378,10 @@ class StageSweep:
                 if outcome == "crashed":
                     failures.append(ret)
             crashed += len(failures)
+            for failure in failures:
+                lost = user_error(failure._return_value)
+                if isinstance(lost, TrackingUnavailableError):  # every later condition would too
+                    raise SweepError(f"{type(lost).__name__}: {lost}") from None
             if failures and crashed / launched > self.max_failure_rate:
                 log.error(
                     "%d of %d condition(s) crashed, more than hydra.sweeper.max_failure_rate="
@@ -410,7 +415,11 @@ class StageSweep:
     @staticmethod
     def _outcome(ret: JobReturn) -> tuple[str, float | None]:
         if ret.status != JobStatus.COMPLETED:
-            return "crashed", None
+            # Settings the run refused (its one paragraph says why): a failed condition, the
+            # rest go on. Anything else is a crash, which max_failure_rate weighs.
+            err = user_error(ret._return_value)
+            refused = err is not None and not isinstance(err, TrackingUnavailableError)
+            return ("refused" if refused else "crashed"), None
         return outcome_of(ret.return_value)
 
     @staticmethod
@@ -421,6 +430,12 @@ class StageSweep:
             log.info("[%d/%d] %s: finished, val_loss %.4f", n, total, job.condition, value)
         elif outcome == "diverged":
             log.warning("[%d/%d] %s: diverged, recorded as failed", n, total, job.condition)
+        elif outcome == "refused":
+            err = user_error(ret._return_value)
+            log.error(
+                "[%d/%d] %s: refused, recorded as failed (the other conditions go on): %s: %s",
+                n, total, job.condition, type(err).__name__, err,
+            )  # fmt: skip
         else:
             log.error("[%d/%d] %s: crashed: %s", n, total, job.condition, ret._return_value)
 
