@@ -145,11 +145,13 @@ def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
         "dataset=clothing_sample",
         "backbone=simple_cnn",
         "backbone.width=4",
+        "backbone.freeze=1",  # a frozen block stays in eval mode: no warning about it
         "trainer.max_epochs=1",
         f"tracking.dir={tmp_path / 'mlruns'}",
         f"hydra.run.dir={tmp_path / 'out'}",
     )
     assert "epoch 1/1" in output(result)  # one summary line when not on a tty
+    assert "in eval mode" not in output(result)
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 

@@ -37,6 +37,9 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 # EMA (ema_averaging): the test loads the best checkpoint, whose weights are already the average.
 warnings.filterwarnings("ignore", message=r".*WeightAveraging callback, but loading a checkpoint.*")
+# Frozen backbone blocks stay in eval mode on purpose (models/backbones.py: their BatchNorm keeps
+# its ImageNet statistics); Lightning warned about them on every frozen run.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class StopWhenAsked(Callback):
