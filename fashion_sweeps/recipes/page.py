@@ -25,7 +25,7 @@ from fashion_sweeps.recipes.figures import (
     fmt_figures,
     verdict,
 )
-from fashion_sweeps.recipes.runs import Group, RunRecord, group_runs, recipe_runs
+from fashion_sweeps.recipes.runs import Group, RunRecord, code_line, group_runs, recipe_runs
 from fashion_sweeps.recipes.sweep_page import sweep_lines, sweep_summary
 from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_champion, recipe_sweeps
 
@@ -48,7 +48,7 @@ def _status(record: RunRecord) -> str:
 
 
 def _group_lines(recipe: Recipe, group: Group) -> list[str]:
-    header = ["seed", *METRICS.values(), "wall time", "machine", "date", "status"]
+    header = ["seed", *METRICS.values(), "wall time", "machine", "date", "commit", "status"]
     rows = [
         [
             r.seed,
@@ -56,6 +56,7 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
             fmt_duration(r.metrics.get("wall_time_s")),
             r.machine or "—",
             r.started.strftime("%Y-%m-%d %H:%M"),
+            f"`{r.commit[:8]}`" if r.commit else "—",
             _status(r),
         ]
         for r in group.rows
@@ -74,10 +75,13 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
                 fmt_duration(group.mean("wall_time_s")),
                 "",
                 "",
+                "",
                 f"{n} counted",
             ]
         )
     lines = markdown.table(header, rows)
+    if n:
+        lines += ["", code_line(group.counted)]
     if group.superseded:
         lines += [
             "",
@@ -252,7 +256,9 @@ def render_page(
         "",
         "Each recipe is `conf/experiment/<name>.yaml`, run as `fashion-sweeps train "
         "experiment=<name> seed=<seed>`; MLflow tags every such run `recipe=<name>`, with the "
-        "machine it ran on and its command. The study's figures, the target and what a recipe "
+        "machine it ran on, its command and the git commit of the code (each row shows it; under "
+        "each table, how many commits behind this checkout's HEAD the counted runs are: a "
+        "target is met by the code of the day only at 0). The study's figures, the target and what a recipe "
         "needs come from the file's `recipe:` block. Per seed the latest finished run counts; "
         "failed, diverged, killed and unfinished runs are listed, never averaged. Runs whose "
         "command changes a training setting (anything but the seed, the data's location, "

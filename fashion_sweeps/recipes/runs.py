@@ -15,12 +15,14 @@ from __future__ import annotations
 import math
 import shlex
 import statistics
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from fashion_sweeps.recipes.catalogue import same_recipe
 from fashion_sweeps.tracking.store import search_every_experiment
@@ -42,6 +44,7 @@ class RunRecord:
     command: str | None
     reason: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    commit: str = ""  # the code's git commit when the run was made (MLflow's tag), or ""
 
     @property
     def finished(self) -> bool:
@@ -70,6 +73,7 @@ class RunRecord:
             command=tags.get("command"),
             reason=reason[:160] + ("…" if len(reason) > 160 else ""),
             params=dict(run.data.params),
+            commit=tags.get(MLFLOW_GIT_COMMIT, ""),
         )
 
 
@@ -165,3 +169,40 @@ def group_runs(
         groups.append(Group(changes, rows, counted, superseded))
     groups.sort(key=lambda g: (g.changes != "", g.changes is None))
     return groups
+
+
+def commits_behind(commit: str) -> int | None:
+    """How many commits this checkout's HEAD is ahead of `commit` (0: made by the code here);
+    None when there is no checkout or it does not hold that commit."""
+    from fashion_sweeps.config import CHECKOUT_DIR
+
+    if not commit or CHECKOUT_DIR is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(CHECKOUT_DIR), "rev-list", "--count", f"{commit}..HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return int(done.stdout) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+
+
+def code_line(records: Iterable[RunRecord]) -> str:
+    """Which code made `records`: each commit and how far behind this checkout's HEAD it is."""
+    commits = list(dict.fromkeys(r.commit for r in records))
+    if not commits:
+        return ""
+    parts = []
+    for commit in commits:
+        if not commit:
+            parts.append("a run without a git commit")
+            continue
+        behind = commits_behind(commit)
+        where = (
+            "not in this checkout" if behind is None
+            else "this checkout's HEAD" if behind == 0
+            else f"{behind} commit{'s' if behind > 1 else ''} behind HEAD"
+        )  # fmt: skip
+        parts.append(f"`{commit[:8]}` ({where})")
+    return "Code of the counted runs: " + ", ".join(parts) + "."
