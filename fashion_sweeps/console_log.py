@@ -35,3 +35,14 @@ def log_to_stderr(fmt: str = TOOL_FORMAT) -> None:
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def drop_basic_config() -> None:
+    """Remove the root handler `logging.basicConfig` installs: importing `mlflow.pytorch` calls it,
+    and under Hydra's own commands (`--info`, `--cfg`), which set up no job logging, every
+    line then printed twice."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        fmt = handler.formatter._fmt if handler.formatter else None
+        if type(handler) is logging.StreamHandler and fmt == logging.BASIC_FORMAT:
+            root.removeHandler(handler)

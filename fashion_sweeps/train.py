@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from fashion_sweeps import interrupts, run_folder
 from fashion_sweeps.config import CONF_DIR, build, component_name, condition, condition_key
+from fashion_sweeps.console_log import drop_basic_config
 from fashion_sweeps.data.augment import AugmentError
 from fashion_sweeps.data.datamodule import (
     FashionDataModule,
@@ -76,6 +77,7 @@ from fashion_sweeps.trainer.distributed import (
 from fashion_sweeps.trainer.speed import Speed, resolve_speed
 
 log = logging.getLogger(__name__)
+drop_basic_config()  # left by importing mlflow.pytorch above
 # `python -m fashion_sweeps.train` (DDP ranks, SLURM jobs) does not pass through cli.main.
 install_log_redaction()
 

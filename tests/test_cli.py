@@ -89,3 +89,16 @@ def test_completing_a_command_name_does_not_load_the_training_code() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:2] == ["screen", "torch not loaded"]
+
+
+def test_hydras_info_prints_each_line_once(tmp_path: Path) -> None:
+    """Importing mlflow.pytorch installs a root handler (logging.basicConfig): Hydra's `--info`,
+    which sets up no job logging, printed every line twice."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fashion_sweeps.train", "--info", "plugins"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-2000:]
+    assert printed.count("Installed Hydra Plugins") == 1
+    assert "DEBUG:hydra" not in printed
