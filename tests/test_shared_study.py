@@ -20,6 +20,7 @@ from fashion_sweeps.sweeps.space import SearchSpace, params_id
 from fashion_sweeps.sweeps.storage import open_storage
 from fashion_sweeps.sweeps.study import (
     ALIVE,
+    CONDITION,
     HOST,
     OUTCOME,
     PARAMS,
@@ -69,6 +70,30 @@ def test_claims_of_gone_workers_are_abandoned_and_trained_again(study) -> None:
     assert states[0.01].user_attrs[OUTCOME] == "abandoned"
     assert states[0.001].state == TrialState.RUNNING
     assert claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1") is not None
+
+
+def test_the_full_stage_waits_for_screen_conditions_other_workers_train(study, monkeypatch):
+    """A worker done with its share of the screen trained a full run of the best of a partial
+    screen (the worst condition, val 53.3) while another worker still trained the real winner."""
+    import threading
+
+    from fashion_sweeps.sweeps import select
+
+    monkeypatch.setattr(select, "SCREEN_POLL_S", 0.05)
+    mine = claim(study, {"optimizer.lr": 0.1}, "mlp/fc/adam/0.1")
+    finish_trial(study, mine, "finished", 53.3)
+    other_workers_claim(study, {"optimizer.lr": 0.01}, **{CONDITION: "mlp/fc/adam/0.01"})
+    (theirs,) = study.get_trials(states=(TrialState.RUNNING,))
+
+    def other_worker_finishes() -> None:
+        time.sleep(0.5)
+        study.tell(theirs.number, 0.7)
+
+    finisher = threading.Thread(target=other_worker_finishes)
+    finisher.start()
+    select.wait_for_screen(study)
+    finisher.join()
+    assert [w.condition for w in select.top_k(study, 1)] == ["mlp/fc/adam/0.01"]
 
 
 def test_an_unopenable_storage_url_says_what_works() -> None:

@@ -4,6 +4,7 @@ as screened or fine-tuned (`sweep.full` in conf/sweep/grid.yaml)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,20 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from fashion_sweeps import interrupts
 from fashion_sweeps.sweeps.jobs import Compose
 from fashion_sweeps.sweeps.space import override_lines, params_id
-from fashion_sweeps.sweeps.study import CONDITION, load_study, sqlite_ready, trial_params
+from fashion_sweeps.sweeps.study import (
+    CONDITION,
+    load_study,
+    others_active,
+    sqlite_ready,
+    trial_params,
+)
 
 log = logging.getLogger(__name__)
+# How often a full stage looks whether the screen's last conditions have finished.
+SCREEN_POLL_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,26 @@ def full_stage(
             "`fashion-sweeps screen` first, with the same `sweep=`, `sweep.name` and data "
             "set as this full stage."
         )
+    wait_for_screen(screen)
     winners = top_k(screen, int(full.top_k))
     return winners, [full_run_params(w.params, fixed, full, compose) for w in winners]
+
+
+def wait_for_screen(screen: optuna.Study) -> None:
+    """Return once no live worker trains a condition of `screen`: its winners are those of the
+    whole screen (a worker done with its share had trained the best of a partial one). A worker
+    that died stops counting once its heartbeat is stale (study.py)."""
+    busy = others_active(screen)
+    if busy:
+        log.info(
+            "Waiting for %d screen condition(s) other workers are training: the full stage "
+            "trains the winners of the whole screen.",
+            busy,
+        )
+    while busy:
+        interrupts.check()
+        time.sleep(SCREEN_POLL_S)
+        busy = others_active(screen)
 
 
 def full_run_params(
