@@ -173,6 +173,11 @@ def test_rerun_trains_nothing_new(client, workdir):
     assert "2 condition(s) planned, 2 done, 0 to train" in output(rerun)
     assert {s: len(stage_runs(client, s)[1]) for s in ("screen", "full")} == before
     assert {s: len(study(workdir, s).trials) for s in ("screen", "full")} == trials
+    # One point per invocation of each stage's parent, numbered from 1 (both were at one step).
+    for stage in ("screen", "full"):
+        parent, _ = stage_runs(client, stage)
+        history = client.get_metric_history(parent.info.run_id, "last_invocation_s")
+        assert [m.step for m in history] == [1, 2]
 
 
 def test_a_refused_condition_is_recorded_failed_and_the_others_go_on(workdir):

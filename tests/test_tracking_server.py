@@ -148,3 +148,38 @@ def test_credentials_in_the_tracking_uri_are_never_written(server, tmp_path: Pat
     # Params, tags and artifacts (config.yaml) as the server stores them.
     stored = [p for p in store.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert stored == []
+
+
+@pytest.mark.slow  # tens of seconds: `make test-slow`
+def test_a_server_dying_mid_sweep_stops_the_stage_in_one_paragraph(tmp_path: Path) -> None:
+    """The tracking server dying during a sweep printed 16 tracebacks after a correct line: the
+    stage stops at once (every later condition would fail alike) and says how to go on."""
+    port, store = free_port(), tmp_path / "server_store"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [
+        sys.executable, "-m", "fashion_sweeps.cli", "screen", "sweep=tiny", "sweep.name=lost",
+        "dataset=clothing_sample", "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16",
+        "optimizer.lr=0.1,0.01,0.001", "sweep.screen.max_epochs=6", "sweep.screen.patience=10",
+        "trainer.progress=lines", f"tracking.uri=http://127.0.0.1:{port}",
+    ]  # fmt: skip
+    server = start_server(store, port)
+    try:
+        run = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        shown = []
+        for line in run.stdout:
+            shown.append(line)
+            if "epoch 2/6" in line:
+                break
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        shown.append(run.communicate(timeout=600)[0])
+        text = "".join(shown)
+        assert run.returncode != 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        assert "stopped answering" in text and "[2/3]" not in text
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

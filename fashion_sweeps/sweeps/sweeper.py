@@ -268,6 +268,8 @@ class StageSweep:
         try:
             crashed = self._run(study, space, todo, stage_jobs)
             crashed += self._train_abandoned(study, space, stage_jobs)
+        except SweepError:
+            raise  # the tracking store stopped answering: the parent cannot be written either
         except Exception:
             # Too many crashes (or a condition that does not compose): keep what is done visible.
             with contextlib.suppress(Exception):

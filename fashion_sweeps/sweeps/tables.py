@@ -146,5 +146,7 @@ def publish_stage(
         text = publish(table, "comparison", title, parent, folder)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     parent.set_tags({"conditions": len(table), **{f"n_{k}": v for k, v in counts.items()}})
-    parent.log_metrics({"last_invocation_s": seconds})
+    # One point per invocation (a resumed stage adds one), numbered from 1.
+    runs_before = parent.client.get_metric_history(parent.run_id, "last_invocation_s")
+    parent.log_metrics({"last_invocation_s": seconds}, step=len(runs_before) + 1)
     print(f"\n{text}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)
