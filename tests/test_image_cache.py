@@ -105,6 +105,34 @@ def test_a_process_checks_an_entry_once_and_a_rewritten_entry_again(
     assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=cache).status == "miss"
 
 
+def test_the_unfinished_file_of_a_killed_decode_is_removed(
+    paths: list[Path], tmp_path: Path
+) -> None:
+    """kill -9 or the OOM killer during a decode left its unfinished entry file (as large as
+    the images: 6.5 GB at product scale) for good. The next writer of that entry removes it;
+    the file of a live writer is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from fashion_sweeps.data.cache import files_fingerprint
+
+    folder = tmp_path / "c" / "images"
+    folder.mkdir(parents=True)
+    name = f"{files_fingerprint(paths, 16, 'RGB')}.npy"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    host = socket.gethostname()
+    killed = folder / f".{name}.{host}.{int(gone.stdout)}.abc123.tmp"
+    live = folder / f".{name}.{host}.{os.getpid()}.def456.tmp"
+    for path in (killed, live):
+        path.write_bytes(b"\0" * 1000)
+    decoded = decode_cached(paths, 16, "RGB", workers=1, cache_dir=tmp_path / "c")
+    assert decoded.status == "miss"
+    assert not killed.exists() and live.exists()
+    assert decode_cached(paths, 16, "RGB", workers=1, cache_dir=tmp_path / "c").status == "hit"
+
+
 def test_unwritable_cache_still_returns_the_images(
     paths: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

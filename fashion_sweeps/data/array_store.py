@@ -14,6 +14,7 @@ import json
 import logging
 import mmap
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 _HASH_CHUNK = 64 << 20  # hash memory maps in slices: no full copy in RAM
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _MADV_DONTNEED = 4  # Linux <sys/mman.h>
+# Names an entry's unfinished file: which process on which host writes it.
+_WRITER = f"{socket.gethostname()}.{os.getpid()}"
 
 
 def file_backed(array: np.ndarray) -> bool:
@@ -125,6 +128,7 @@ class ArrayStore:
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._remove_orphans(array_path)
             # The array first: a reader needs both files, so it never pairs new metadata
             # with a missing array.
             _atomic_write(array_path, lambda f: np.save(f, np.ascontiguousarray(array)))
@@ -144,8 +148,9 @@ class ArrayStore:
         array_path, _ = self.paths(key)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._remove_orphans(array_path)
             fd, tmp = tempfile.mkstemp(
-                dir=self.folder, prefix=f".{array_path.name}.", suffix=".tmp"
+                dir=self.folder, prefix=f".{array_path.name}.{_WRITER}.", suffix=".tmp"
             )
             os.close(fd)
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
@@ -155,6 +160,20 @@ class ArrayStore:
             )
             return None
         return PendingEntry(self, key, Path(tmp), array)
+
+    def _remove_orphans(self, array_path: Path) -> None:
+        """Delete the unfinished files of `array_path` whose writer on this host is gone: a
+        decode killed by `kill -9` or the OOM killer left one as large as the entry (6.5 GB at
+        product scale). Files of live writers, and of other hosts sharing the folder, stay."""
+        host = socket.gethostname()
+        for tmp in self.folder.glob(f".{array_path.name}.*.tmp"):
+            # .<entry>.<host>.<pid>.<random>.tmp; a host name may hold dots, the rest never.
+            parts = tmp.name[len(array_path.name) + 2 : -len(".tmp")].rsplit(".", 2)
+            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            if not _alive(int(parts[1])):
+                log.info("Removing %s, left by a writer that was killed", tmp.name)
+                tmp.unlink(missing_ok=True)
 
     def discard(self, key: str) -> None:
         for path in self.paths(key):
@@ -197,7 +216,7 @@ class PendingEntry:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_WRITER}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -205,3 +224,13 @@ def _atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
