@@ -71,6 +71,8 @@ CREDENTIAL_ENV_PREFIX = "FASHION_SWEEPS_CREDENTIAL_"
 
 def _to_environment(match: re.Match[str]) -> str:
     userinfo = match.group("userinfo")
+    if userinfo.startswith("${"):  # moved already: a reference, not a credential
+        return match.group(0)
     name = CREDENTIAL_ENV_PREFIX + hashlib.sha256(userinfo.encode()).hexdigest()[:12].upper()
     os.environ[name] = userinfo
     return f"{match.group('scheme')}${{oc.env:{name}}}@"

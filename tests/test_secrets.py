@@ -93,3 +93,5 @@ def test_configs_that_launchers_pickle_hold_references_not_credentials(monkeypat
     assert cfg.storage == storage
     assert [k for k in os.environ if k.startswith(CREDENTIAL_ENV_PREFIX)]
     assert OmegaConf.to_container(cfg.hydra.overrides, resolve=True)["task"] == overrides
+    credentials_to_environment(cfg)  # a second pass (the sweep's next stage) changes nothing
+    assert cfg.tracking.uri == f"http://me:{SECRET}@host:5000"
