@@ -314,8 +314,6 @@ def assert_one_paragraph(code: int, output: str, message: str) -> None:
         (["optimizer.lr=-0.01"], "OptimizerConfigError: optimizer.lr=-0.01"),
         (["dataset.batch_size=0"], "DataError: dataset.batch_size=0"),
         (["dataset.batch_size=-4"], "DataError: dataset.batch_size=-4"),
-        (["dataset.image_size=0"], "DataError: dataset.image_size=0"),
-        (["dataset.image_size=-8"], "DataError: dataset.image_size=-8"),
         (["backbone=vgg16", "dataset.image_size=16"], "ImageSizeError: dataset.image_size=16"),
         (["backbone=simple_cnn", "dataset.image_size=8"], "ImageSizeError: dataset.image_size=8"),
         (["dataset.include=[Dress]"], "DataError: Only one class (Dress) is left"),
@@ -340,3 +338,14 @@ def test_csv_not_in_utf8_is_one_paragraph(tmp_path, clothing_root) -> None:
     csv_path.write_bytes(csv_path.read_text().replace("Dress", "Robe é").encode("latin-1"))
     code, output = cli_train(tmp_path, "dataset=clothing", f"dataset.root={clothing_root}")
     assert_one_paragraph(code, output, "images.csv is not UTF-8 text")
+
+
+@pytest.mark.parametrize("size", [0, -8])
+def test_an_image_size_below_one_is_one_paragraph_before_any_run(make_cfg, size: int) -> None:
+    """A ZeroDivisionError traceback before (the CLI prints this error's paragraph alone, as
+    test_impossible_settings_are_one_paragraph shows for its siblings)."""
+    from fashion_sweeps.data.datamodule import check_loader_options
+
+    cfg = make_cfg("dataset=clothing_sample", f"dataset.image_size={size}")
+    with pytest.raises(DataError, match=rf"dataset.image_size={size}: give the pixels per side"):
+        check_loader_options(cfg.dataset)
