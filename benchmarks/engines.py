@@ -11,8 +11,8 @@ size:
    compile is timed apart (`compile_s`), not in the rate.
 2. predict: images/s of the whole classifier with its softmax (`probabilities_of`, what
    `predict` and the served model run) through `compile_probabilities`, as they run it (in bf16,
-   close calls computed again in f32), and each engine's top-1 agreement with PyTorch fp32. The classifier's head is the PyTorch fp32 probe below (so its
-   predictions are a trained model's).
+   close calls computed again in f32), and each engine's top-1 agreement with PyTorch fp32. The
+   classifier's head is the PyTorch fp32 probe below (so its predictions are a trained model's).
 3. probe: accuracy of a logistic regression fitted on each engine's features of a stratified
    70% of the photos, on the other 30% (the same split for all); labelled real photos only.
 

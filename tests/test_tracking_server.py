@@ -68,12 +68,34 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+def user_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def kill_server_at_epoch_2(
+    cmd: list[str], cwd: Path, server: subprocess.Popen
+) -> tuple[subprocess.Popen, str]:
+    """Run `cmd`, kill the tracking server once it prints its second epoch, let it finish; the
+    process and all it printed."""
+    run = subprocess.Popen(
+        cmd, cwd=cwd, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    shown = []
+    for line in run.stdout:
+        shown.append(line)
+        if "epoch 2/6" in line:
+            break
+    os.killpg(server.pid, signal.SIGKILL)  # the server dies; the run goes on training
+    server.wait()
+    shown.append(run.communicate(timeout=600)[0])
+    return run, "".join(shown)
+
+
 @pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
     tmp_path: Path,
 ) -> None:
     port, store, out = free_port(), tmp_path / "server_store", tmp_path / "job"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [
         sys.executable, "-m", "fashion_sweeps.cli", "train", "dataset=clothing_sample",
         "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16", "trainer.max_epochs=6",
@@ -82,18 +104,7 @@ def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
     ]  # fmt: skip
     server = start_server(store, port)
     try:
-        run = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        shown = []
-        for line in run.stdout:
-            shown.append(line)
-            if "epoch 2/6" in line:
-                break
-        os.killpg(server.pid, signal.SIGKILL)  # the server dies; the run goes on training
-        server.wait()
-        shown.append(run.communicate(timeout=300)[0])
-        text = "".join(shown)
+        run, text = kill_server_at_epoch_2(cmd, tmp_path, server)
         assert run.returncode == 1, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
         (error,) = [line for line in text.splitlines() if "stopped answering" in line]
@@ -101,7 +112,7 @@ def test_a_server_dying_mid_run_stops_it_in_one_paragraph_and_the_rerun_resumes(
         assert (out / "checkpoints" / "last.ckpt").exists()  # what was trained is kept
 
         server = start_server(store, port)  # the server is back: the same command resumes
-        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        again = subprocess.run(cmd, cwd=tmp_path, env=user_env(), capture_output=True, text=True)
         assert again.returncode == 0, again.stderr[-3000:]
         client = MlflowClient(f"http://127.0.0.1:{port}")
         (finished,) = client.search_runs(
@@ -155,7 +166,6 @@ def test_a_server_dying_mid_sweep_stops_the_stage_in_one_paragraph(tmp_path: Pat
     """The tracking server dying during a sweep printed 16 tracebacks after a correct line: the
     stage stops at once (every later condition would fail alike) and says how to go on."""
     port, store = free_port(), tmp_path / "server_store"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [
         sys.executable, "-m", "fashion_sweeps.cli", "screen", "sweep=tiny", "sweep.name=lost",
         "dataset=clothing_sample", "dataset.image_size=16", "backbone=mlp", "backbone.hidden=16",
@@ -164,18 +174,7 @@ def test_a_server_dying_mid_sweep_stops_the_stage_in_one_paragraph(tmp_path: Pat
     ]  # fmt: skip
     server = start_server(store, port)
     try:
-        run = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        shown = []
-        for line in run.stdout:
-            shown.append(line)
-            if "epoch 2/6" in line:
-                break
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        shown.append(run.communicate(timeout=600)[0])
-        text = "".join(shown)
+        run, text = kill_server_at_epoch_2(cmd, tmp_path, server)
         assert run.returncode != 0, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
         assert "stopped answering" in text and "[2/3]" not in text

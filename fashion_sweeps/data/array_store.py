@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fashion_sweeps.tracking.provenance import process_gone
+
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 64 << 20  # hash memory maps in slices: no full copy in RAM
@@ -165,13 +167,10 @@ class ArrayStore:
         """Delete the unfinished files of `array_path` whose writer on this host is gone: a
         decode killed by `kill -9` or the OOM killer left one as large as the entry (6.5 GB at
         product scale). Files of live writers, and of other hosts sharing the folder, stay."""
-        host = socket.gethostname()
         for tmp in self.folder.glob(f".{array_path.name}.*.tmp"):
             # .<entry>.<host>.<pid>.<random>.tmp; a host name may hold dots, the rest never.
             parts = tmp.name[len(array_path.name) + 2 : -len(".tmp")].rsplit(".", 2)
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-                continue
-            if not _alive(int(parts[1])):
+            if len(parts) == 3 and process_gone(parts[0], parts[1]):
                 log.info("Removing %s, left by a writer that was killed", tmp.name)
                 tmp.unlink(missing_ok=True)
 
@@ -224,13 +223,3 @@ def _atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True

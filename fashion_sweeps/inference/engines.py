@@ -12,6 +12,7 @@ log line: a run never fails for that.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -275,11 +276,7 @@ def compile_probabilities(
     fast = compile_images(model, engine, image_shape)
     if fast.engine.precision != "bf16" or margin <= 0:
         return fast
-    exact: list[Compiled] = []
-
-    def exact_pass() -> Compiled:
-        if not exact:
-            exact.append(compile_images(model, Engine(fast.engine.name, "f32"), image_shape))
-        return exact[0]
-
-    return Rechecked(fast, exact_pass, margin)
+    exact = functools.cache(
+        lambda: compile_images(model, Engine(fast.engine.name, "f32"), image_shape)
+    )
+    return Rechecked(fast, exact, margin)

@@ -112,7 +112,8 @@ class ClassifierModule(pl.LightningModule):
             self.trainer.should_stop = True
             return None  # Lightning skips the optimizer step for this batch
         self.train_metrics.update(logits, y)
-        self._loss_sum += float(loss) * len(y)
+        # A tensor, not float(loss): reading the value back would wait for the device each step.
+        self._loss_sum = self._loss_sum + loss.detach() * len(y)
         self._seen += len(y)
         if self.trainer.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches:
             # Logged once an epoch, not at every step: Lightning's per-call bookkeeping was a
