@@ -23,7 +23,7 @@ SWEEP_ARGS = $(DATA_ARGS) $(if $(DATASET)$(EXPERIMENT),,experiment=clothing_scre
 # (shells and schedulers export one, often the machine's name) must not open a server to the network.
 BIND := $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 
-.PHONY: help install test test-slow test-cluster lint format demo screen full sweep train samplers bench report results predict serve ui dashboard server clean
+.PHONY: help install test test-slow test-cluster lint format demo screen full sweep train samplers product-data bench report results predict serve ui dashboard server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ sweep:  ## screen, then full runs of its winners (default: clothing_screen, ROOT
 
 samplers:  ## the sampler study: one model per sampler, side by side (DATASET, ROOT, ARGS)
 	$(FS) samplers $(DATA_ARGS) $(ARGS)
+
+product-data:  ## assemble Fashion Product Images from its two public GitHub repositories into DEST (never commit it)
+	scripts/product_images.sh $(DEST)
 
 bench:  ## speed figures side by side -> benchmarks/results.json + .md (ARGS="--size real": the engines and the 24-condition screen on all photos, ~50 min; or "--images 300")
 	$(BIN)/python -m benchmarks.run $(ARGS)
