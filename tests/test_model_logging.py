@@ -16,7 +16,8 @@ from fashion_sweeps.data.decode import resize_pixels
 from fashion_sweeps.inference import engines
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
-from fashion_sweeps.tracking.model_logging import log_classifier, register
+from fashion_sweeps.tracking.model_logging import log_classifier
+from fashion_sweeps.tracking.registry import register
 from fashion_sweeps.tracking.runs import TrackedRun
 
 CLASSES = ["Dress", "Pants", "Shoes"]
@@ -199,3 +200,33 @@ def test_a_run_opened_after_another_store_registers_in_its_own(store: str, tmp_p
     own = MlflowClient(store, registry_uri=store)
     assert own.get_model_version_by_alias("late-classifier", "champion").run_id == run.run_id
     assert MlflowClient(elsewhere, registry_uri=elsewhere).search_registered_models() == []
+
+
+def test_the_docs_snippet_loads_the_champion_from_the_projects_store(tmp_path, monkeypatch) -> None:
+    """docs/report_and_predict.md's Python snippet, run from a project folder: it failed with
+    "Registered Model ... not found" and left a stray ./mlflow.db (MLflow's own default store)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    run = TrackedRun.start(OmegaConf.create({"uri": None, "dir": "mlruns"}), "models")
+    module = tiny_module()
+    log_classifier(run, module.model, images(2))
+    register(run.client, run.run_id)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "report_and_predict.md"
+    snippet = re.search(r"```python\n(.*?)```", docs.read_text(), re.S).group(1)
+    program = "import numpy as np\nimages_uint8_nchw = np.zeros((2, 3, 16, 16), np.uint8)\n"
+    program += snippet + "print(len(classifier.classes), model.predict(images_uint8_nchw).shape)"
+    # A fresh shell's environment: mlflow.set_tracking_uri (run by register) exports the URI.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["3", "(2,", "5)"]
+    assert not (tmp_path / "mlflow.db").exists()
