@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # tables come as DataFrames; the CLI's help loads no pandas
+    import pandas as pd
 
 
 def cell(value: object) -> str:
@@ -55,7 +57,7 @@ def _rule(width: int, right: bool) -> str:
 
 
 def _missing(value: object) -> bool:
-    return value is None or value is pd.NA
+    return value is None or type(value).__name__ == "NAType"  # pandas' NA, without pandas
 
 
 def _number(value: object) -> bool:

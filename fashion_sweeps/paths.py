@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
+from fashion_sweeps.errors import UserError
+
 # Characters kept as they are in a folder name (condition keys use `=`, `,`, `.`, `-`, `+`).
 _SAFE = "=,.+-_@"
 # Names accepted where a value names a folder as a whole (sweep.name): no encoding, a clear error.
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(UserError, ValueError):
     """A user value would name a folder outside its output root."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from fashion_sweeps.console_log import log_to_stderr
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.redact import redact
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "models:/fashion-classifier@champion"
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserError, RuntimeError):
     """The model to tag with cannot be loaded."""
 
 

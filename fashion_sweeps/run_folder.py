@@ -17,6 +17,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
 RECORD = "mlflow_run.json"
 CHECKPOINTS = "checkpoints"
 # Lightning's ModelCheckpoint `filename`s (it adds `.ckpt`); `{epoch}` becomes `epoch=N`.
@@ -82,3 +85,10 @@ def exported_backbone(folder: Path) -> Path:
 def data_ready_marker(folder: Path, launch: str) -> Path:
     """Touched by rank 0 of the launch `launch` once its data is prepared."""
     return folder / f".data_ready.{launch}"
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Hydra's output folder of this job, or `cfg.output_dir` when composed without Hydra."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.get("output_dir") or "multirun/runs/latest")

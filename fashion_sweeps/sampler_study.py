@@ -16,18 +16,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_sweeps import markdown
 from fashion_sweeps.config import CONF_DIR, condition_key
 from fashion_sweeps.console_log import STUDY_FORMAT, log_to_stderr
-from fashion_sweeps.tracking.runs import TrackedRun
 from fashion_sweeps.train import train
+
+if TYPE_CHECKING:  # pandas and MLflow load with the study, not for `--help`
+    import pandas as pd
+    from mlflow.entities import Run
+
+    from fashion_sweeps.tracking.runs import TrackedRun
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ def compose_configs(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Dic
 def study_table(runs: Sequence[Run], samplers: Sequence[str]) -> pd.DataFrame:
     """One row per sampler, in study order: the latest child run of each, its status and
     metrics (empty cells for a run that never reached the test)."""
+    import pandas as pd
+
     latest: dict[str, Run] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         latest[run.data.tags.get("sampler", "")] = run
@@ -91,6 +97,8 @@ def format_table(table: pd.DataFrame) -> str:
 
 def _publish(parent: TrackedRun, table: pd.DataFrame, folder: Path, title: str) -> str:
     """Write the table (CSV, Markdown) to `folder` and the parent run; per-sampler metrics too."""
+    import pandas as pd
+
     text = f"## {title}\n\n{format_table(table)}\n"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "sampler_study.csv", index=False)
@@ -110,6 +118,8 @@ def _publish(parent: TrackedRun, table: pd.DataFrame, folder: Path, title: str) 
 
 def run_study(overrides: Sequence[str]) -> pd.DataFrame:
     """Train once per sampler as children of one parent MLflow run; return the table."""
+    from fashion_sweeps.tracking.runs import TrackedRun
+
     study, configs = compose_configs(overrides)
     first = next(iter(configs.values()))
     experiment = first.tracking.experiment or first.dataset.name

@@ -12,7 +12,12 @@ tracked, or which devices run it. Keys are flattened config keys
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_sweeps.redact import redact
 
 # Every key under these: where runs are tracked and logged (tracking, hydra), the caches (their
 # entries are keyed by what they hold), a sweep's bookkeeping (its epochs reach each run as
@@ -92,3 +97,20 @@ def differences(before: Mapping[str, str], now: Mapping[str, str], shown: int = 
     keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     text = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys[:shown])
     return text + (" ..." if len(keys) > shown else "")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested config -> ("a.b.c", value) pairs; lists stay whole values."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as a run's MLflow params: flattened keys, values as text (MLflow keeps
+    at most 6,000 characters of one), credentials in URIs masked."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {k: redact(str(v))[:6000] for k, v in flatten(resolved)}

@@ -102,3 +102,43 @@ def test_hydras_info_prints_each_line_once(tmp_path: Path) -> None:
     assert done.returncode == 0, printed[-2000:]
     assert printed.count("Installed Hydra Plugins") == 1
     assert "DEBUG:hydra" not in printed
+
+
+HEAVY = ("torch", "pytorch_lightning", "mlflow", "pandas", "optuna", "matplotlib")
+
+
+def loaded_after(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """The heavy packages (seconds to import at load) a fresh interpreter holds after `code`."""
+    probe = (
+        f"import sys, contextlib\nwith contextlib.suppress(SystemExit):\n    {code}\n"
+        f"print('LOADED', *sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower() or "LOADED" in result.stdout, result.stdout
+    return result.stdout.rsplit("LOADED", 1)[1].split()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["train", "screen", "sweep", "samplers", "report", "results", "predict", "export",
+     "export-backbone"],
+)  # fmt: skip
+def test_every_help_answers_without_the_training_stack(command: str) -> None:
+    """`fashion-sweeps COMMAND --help` took 8-9 s (torch, Lightning and MLflow imported first);
+    the help needs none of them."""
+    code = f"from fashion_sweeps.cli import main; main([{command!r}, '--help'])"
+    assert loaded_after(code) == []
+
+
+def test_completing_an_override_does_not_load_the_training_stack() -> None:
+    """<Tab> on `fashion-sweeps train datas` took ~10 s: Hydra composes, nothing trains."""
+    code = "from fashion_sweeps.cli import main; main(['-sc', 'query=bash'])"
+    env = {"COMP_LINE": "fashion-sweeps train datas"}
+    assert loaded_after(code, env) == []

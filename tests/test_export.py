@@ -27,9 +27,10 @@ from fashion_sweeps.cli import COMMANDS
 from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.data import datamodule
 from fashion_sweeps.data.datamodule import prepare_arrays
-from fashion_sweeps.inference import export
+from fashion_sweeps.inference import export_formats
 from fashion_sweeps.inference.engines import cpu_has_bf16
-from fashion_sweeps.inference.export import default_out, main
+from fashion_sweeps.inference.export import main
+from fashion_sweeps.inference.export_formats import default_out
 from fashion_sweeps.tracking.model_logging import load_classifier, log_classifier
 from fashion_sweeps.tracking.runs import TrackedRun, tracking_uri
 from fashion_sweeps.train import train
@@ -208,10 +209,10 @@ def test_a_format_that_disagrees_fails_and_keeps_its_files(
     trained: Trained, exported, tmp_path, capsys, monkeypatch
 ) -> None:
     def swapped(path: Path):  # an exporter bug: the first two classes change places
-        run, runtime = export.onnx_runner(path)
+        run, runtime = export_formats.onnx_runner(path)
         return (lambda batch: run(batch)[:, [1, 0, 2]]), runtime
 
-    monkeypatch.setitem(export.RUNNERS, "onnx", swapped)
+    monkeypatch.setitem(export_formats.RUNNERS, "onnx", swapped)
     out = tmp_path / "bad"
     args = [trained.model_uri, "--tracking-uri", trained.store, "--format", "onnx"]
     assert main([*args, "--out", str(out)]) == 1

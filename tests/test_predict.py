@@ -13,7 +13,8 @@ from PIL import Image
 from test_model_logging import CLASSES, images, tiny_module
 
 from fashion_sweeps.predict import main
-from fashion_sweeps.tracking.model_logging import log_classifier, register
+from fashion_sweeps.tracking.model_logging import log_classifier
+from fashion_sweeps.tracking.registry import register
 from fashion_sweeps.tracking.runs import TrackedRun
 
 

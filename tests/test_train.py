@@ -218,7 +218,7 @@ def test_test_metrics_are_logged_once_and_best_epoch_counts_from_one(
 def test_the_test_split_runs_through_the_model_once(make_cfg, clothing_root, monkeypatch) -> None:
     """The evaluation (per-class table, confusion matrix, gallery) reuses the test pass's outputs:
     a second pass cost a fine-tuned run as long as the test itself."""
-    import fashion_sweeps.train as train_module
+    import fashion_sweeps.training as train_module
 
     def second_pass(*args, **kwargs):
         raise AssertionError("the test split ran through the model a second time")

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from fashion_sweeps.errors import UserError
+
 OPTIONS = {
     "flip",
     "rotation",
@@ -43,7 +45,7 @@ OPTIONS = {
 PADDINGS = ("zeros", "border", "reflection")
 
 
-class AugmentError(ValueError):
+class AugmentError(UserError, ValueError):
     """`dataset.augment` holds an unknown option or an impossible value."""
 
 

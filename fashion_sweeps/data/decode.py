@@ -13,8 +13,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from fashion_sweeps import interrupts
@@ -126,6 +124,9 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     """Resize an (N, H, W, C) uint8 array to (N, size, size, C), bicubic with antialiasing."""
     if pixels.shape[1] == size and pixels.shape[2] == size:
         return pixels
+    import torch  # here, not at the top: `fashion-sweeps predict --help` needs no torch
+    import torch.nn.functional as F
+
     out = np.empty((len(pixels), size, size, pixels.shape[3]), dtype=np.uint8)
     for start in range(0, len(pixels), 4096):
         batch = torch.from_numpy(pixels[start : start + 4096]).permute(0, 3, 1, 2).float()

@@ -17,10 +17,12 @@ import torch
 from imblearn.over_sampling import RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
 
+from fashion_sweeps.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError, ValueError):
     """A sampler option that cannot work."""
 
 

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_sweeps.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A data set cannot be read as configured. The message says what is wrong and what to do."""
 
 

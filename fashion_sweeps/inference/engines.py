@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fashion_sweeps.data.array_store import release
+from fashion_sweeps.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ ENGINE_ENV = "FASHION_SWEEPS_INFERENCE_ENGINE"
 PRECISION_ENV = "FASHION_SWEEPS_INFERENCE_PRECISION"
 
 
-class InferenceConfigError(ValueError):
+class InferenceConfigError(UserError, ValueError):
     """`inference.engine` or `inference.precision` holds an unknown value."""
 
 

@@ -21,10 +21,12 @@ import torch
 import torchvision
 from torch import nn
 
+from fashion_sweeps.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights were asked for and cannot be had."""
 
 
@@ -38,7 +40,7 @@ class WeightsInfo:
     resolution: int
 
 
-class ImageSizeError(ValueError):
+class ImageSizeError(UserError, ValueError):
     """`dataset.image_size` is too small for the backbone's downsampling."""
 
 

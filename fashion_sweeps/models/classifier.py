@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fashion_sweeps.config import build, component_name
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.models.backbones import Backbone, check_image_size
 
 
@@ -41,7 +42,7 @@ class Preprocess(nn.Module):
         return (x - self.mean) / self.std
 
 
-class TestTimeError(ValueError):
+class TestTimeError(UserError, ValueError):
     """`test_time_crops` holds an impossible value."""
 
     __test__ = False  # a name pytest would otherwise try to collect where tests import it

@@ -15,15 +15,17 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING
 
 from fashion_sweeps import run_folder
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.run_folder import BACKBONE_PREFIX, WITHOUT_BACKBONE
 
+if TYPE_CHECKING:  # torch loads when a backbone is read: `--help` answers at once
+    import torch
 
-class ExportError(RuntimeError):
+
+class ExportError(UserError, RuntimeError):
     """A run folder whose backbone cannot be exported; the message says why."""
 
 
@@ -54,6 +56,8 @@ def best_checkpoint(folder: Path) -> Path:
 
 def backbone_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The backbone's tensors in a Lightning checkpoint, under `Backbone.state_dict()`'s keys."""
+    import torch
+
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if saved.get(WITHOUT_BACKBONE):
         raise ExportError(
@@ -76,6 +80,8 @@ def as_torchvision(name: str, backbone: Mapping[str, torch.Tensor]) -> dict[str,
     Our torchvision backbones keep the model's feature layers in their order and drop the
     classification layer, so their tensors are the leading tensors of torchvision's state dict,
     in the same order; each pair is checked (kind of tensor and shape)."""
+    import torchvision
+
     reference = torchvision.models.get_model(name, weights=None).state_dict()
     names = list(reference)
     if len(backbone) > len(names):
@@ -94,6 +100,9 @@ def as_torchvision(name: str, backbone: Mapping[str, torch.Tensor]) -> dict[str,
 def export_backbone(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the backbone of a run (its output folder, or a checkpoint in it: default the best)
     to `out` (default `<folder>/backbone.pth`); returns the file."""
+    import torch
+    import torchvision
+
     given = Path(run).expanduser()
     folder = run_folder.folder_of(given)
     name = backbone_name(folder)

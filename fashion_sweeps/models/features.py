@@ -27,6 +27,7 @@ from torch import nn
 from fashion_sweeps import interrupts
 from fashion_sweeps.data.array_store import ArrayStore
 from fashion_sweeps.data.datamodule import FashionDataModule
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.inference.engines import TORCH_F32, Engine, compile_images
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.progress import ProgressLines
@@ -38,7 +39,7 @@ FEATURES_VERSION = 1
 MODES = {"auto": "auto", "true": True, "false": False}
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(UserError, ValueError):
     """`cache.features=true` on a run where cached features would not be the same training."""
 
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fashion_sweeps.data.datamodule import FashionDataModule, train_augmentation
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.inference.engines import TORCH_F32, Engine
 from fashion_sweeps.models.features import pooled_features
 from fashion_sweeps.models.module import ClassifierModule
@@ -45,7 +46,7 @@ QUERY_CHUNK = 1024
 ROW_CHUNK = 8192
 
 
-class KnnConfigError(ValueError):
+class KnnConfigError(UserError, ValueError):
     """head=knn on a run whose backbone features are not fixed."""
 
 

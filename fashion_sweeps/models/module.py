@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.evaluation import Predictions
 from fashion_sweeps.models.classifier import Classifier, to_unit
 from fashion_sweeps.run_folder import BACKBONE_PREFIX, WITHOUT_BACKBONE
@@ -30,7 +31,7 @@ def _frozen(key: str) -> bool:
     return key.startswith(BACKBONE_PREFIX)
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError, ValueError):
     """An `optimizer.*` value no optimizer can use."""
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import CONF_DIR
-from fashion_sweeps.settings import changes_result, changes_sweep_result
-from fashion_sweeps.tracking.runs import config_params
+from fashion_sweeps.errors import UserError
+from fashion_sweeps.settings import changes_result, changes_sweep_result, config_params
 
 # The figures of a recipe: MLflow metric -> column title.
 METRICS = {"test_acc": "test acc", "test_f1_weighted": "weighted F1", "test_f1_macro": "macro F1"}
@@ -21,7 +21,10 @@ METRICS = {"test_acc": "test acc", "test_f1_weighted": "weighted F1", "test_f1_m
 PAGE_AXES = frozenset({"experiment", "seed"})
 
 
-class ResultsError(RuntimeError):
+PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
+
+
+class ResultsError(UserError, RuntimeError):
     """The page cannot be written: the message says why and what to do."""
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from fashion_sweeps.config import CONF_DIR, project_dir
 from fashion_sweeps.console_log import STUDY_FORMAT, log_to_stderr
-from fashion_sweeps.recipes.catalogue import Recipe, ResultsError, load_recipes, recipe_names
-from fashion_sweeps.recipes.page import PROG, write_page
+from fashion_sweeps.errors import UserError
+from fashion_sweeps.recipes.catalogue import PROG, Recipe, load_recipes, recipe_names
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +151,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr(STUDY_FORMAT)
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Imported once the arguments are read: `--help` answers without loading MLflow.
     from hydra.errors import HydraException
 
-    from fashion_sweeps.tracking.runs import TrackingUnavailableError
+    from fashion_sweeps.recipes.page import write_page
     from fashion_sweeps.tracking.store import open_tool_store
 
     try:
         recipes = load_recipes()
         client = open_tool_store(args.tracking_uri)  # unreachable: said before any training
-    except (ResultsError, TrackingUnavailableError, HydraException) as err:
+    except (UserError, HydraException) as err:
         message = str(err).split("\nConfig search path:")[0].strip()  # the path is noise here
         print(f"{PROG}: {message}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
-from fashion_sweeps.recipes.catalogue import METRICS, Recipe, load_recipes
+from fashion_sweeps.recipes.catalogue import METRICS, PROG, Recipe, load_recipes
 from fashion_sweeps.recipes.earlier_page import Earlier, earlier_recipes
 from fashion_sweeps.recipes.figures import (
     changes_cell,
@@ -29,7 +29,6 @@ from fashion_sweeps.recipes.runs import Group, RunRecord, code_line, group_runs,
 from fashion_sweeps.recipes.sweep_page import sweep_lines, sweep_summary
 from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_champion, recipe_sweeps
 
-PROG = "fashion-sweeps results"  # the command that writes the page (command.py)
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
 MAX_CHANGED_ROWS = 20
 OURS = "ours (mean over seeds; a sweep: its champion)"  # the summary's column

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from fashion_sweeps.recipes.catalogue import Recipe, same_sweep
 from fashion_sweeps.recipes.runs import RunRecord
 from fashion_sweeps.sweeps.commands import DEFAULT_SWEEP
-from fashion_sweeps.sweeps.report import ReportError, champion, stage_parents, stage_runs
+from fashion_sweeps.sweeps.stored_sweep import ReportError, champion, stage_parents, stage_runs
 from fashion_sweeps.tracking.store import search_every_experiment
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,14 @@ from collections.abc import Iterable, Mapping
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fashion_sweeps.settings import changes_result, differences, result_settings
+from fashion_sweeps.settings import (
+    changes_result,
+    config_params,
+    differences,
+    flatten,
+    result_settings,
+)
 from fashion_sweeps.sweeps.study import load_study
-from fashion_sweeps.tracking.runs import config_params, flatten
 
 log = logging.getLogger(__name__)
 

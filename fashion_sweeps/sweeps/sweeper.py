@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 from fashion_sweeps import interrupts
 from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
+from fashion_sweeps.errors import user_error
 from fashion_sweeps.paths import check_name
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.redact import credentials_to_environment
@@ -61,7 +62,6 @@ from fashion_sweeps.sweeps.study import (
     trial_params,
 )
 from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
-from fashion_sweeps.train import user_error
 
 log = logging.getLogger(__name__)
 # The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it

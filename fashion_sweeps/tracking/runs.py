@@ -22,7 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.redact import redact
+from fashion_sweeps.settings import config_params
 from fashion_sweeps.tracking.provenance import process_gone
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def store_client(uri: str) -> MlflowClient:
     return MlflowClient(uri, registry_uri=uri)
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The tracking store cannot be reached or opened."""
 
 
@@ -189,23 +191,6 @@ def close_dead_runs(client: MlflowClient) -> int:
             ", ".join(r.info.run_id for r in dead),
         )
     return len(dead)
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested config -> ("a.b.c", value) pairs; lists stay whole values."""
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, f"{name}.")
-        else:
-            yield name, value
-
-
-def config_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as a run's MLflow params: flattened keys, values as text (MLflow keeps
-    at most 6,000 characters of one), credentials in URIs masked."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {k: redact(str(v))[:6000] for k, v in flatten(resolved)}
 
 
 def config_yaml(cfg: DictConfig) -> str:

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
 
 from fashion_sweeps import interrupts, run_folder
+from fashion_sweeps.errors import UserError
 from fashion_sweeps.progress import ProgressLines
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class StopWhenAsked(Callback):
     on_validation_batch_start = on_test_batch_start = on_predict_batch_start = on_train_batch_start
 
 
-class TrainerConfigError(ValueError):
+class TrainerConfigError(UserError, ValueError):
     """A `trainer.*` option this module consumes has an impossible value."""
 
 

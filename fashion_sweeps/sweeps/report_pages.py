@@ -1,0 +1,115 @@
+"""The sweep report's two pages from its sections: self-contained HTML (images embedded, opens
+offline) and its Markdown twin with the images as files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from fashion_sweeps import markdown
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes)
+
+
+@dataclass
+class Report:
+    sweep: str
+    sections: list[Section]
+    notes: list[str] = field(default_factory=list)
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; color: #1f2328; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: 1rem 0; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .5rem; text-align: right; }
+th { background: #f6f8fa; }
+td:nth-child(-n+4) { text-align: left; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: .9rem; }
+.scroll { overflow-x: auto; }
+.note { background: #fff8c5; border: 1px solid #d4a72c; padding: .5rem .8rem; }
+"""
+
+
+def table_html(table: pd.DataFrame) -> str:
+    inner = table.to_html(index=False, border=0, na_rep="—", float_format=lambda v: f"{v:.4g}")
+    return f'<div class="scroll">{inner}</div>'
+
+
+def render_html(report: Report, created: str) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Sweep report: {html.escape(report.sweep)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Sweep report: {html.escape(report.sweep)}</h1>",
+        f"<p>Generated {html.escape(created)} from the sweep's MLflow runs.</p>",
+    ]
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in report.notes]
+    for section in report.sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        parts += [table_html(table) for table in section.tables]
+        for caption, data in section.images:
+            encoded = base64.b64encode(data).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def image_name(section: Section, index: int) -> str:
+    stem = "".join(c if c.isalnum() else "_" for c in section.title.lower())
+    return f"{stem}_{index + 1}.png"
+
+
+def render_markdown(report: Report, created: str, image_dir: str = "images") -> str:
+    """The Markdown twin; its images are files in `image_dir` beside it (see `write_report`)."""
+    lines = [f"# Sweep report: {report.sweep}", "", f"Generated {created} from MLflow.", ""]
+    lines += [f"> **Note:** {note}\n" for note in report.notes]
+    for section in report.sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        lines += [markdown.frame_table(table) + "\n" for table in section.tables]
+        lines += [
+            f"![{caption}]({image_dir}/{image_name(section, i)})\n"
+            for i, (caption, _) in enumerate(section.images)
+        ]
+    return "\n".join(lines)
+
+
+def write_report(report: Report, folder: Path) -> list[Path]:
+    """report.html (self-contained), report.md and the Markdown's images/; returns the paths."""
+    created = datetime.now().strftime("%Y-%m-%d %H:%M")
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "report.html", folder / "report.md"]
+    paths[0].write_text(render_html(report, created), encoding="utf-8")
+    paths[1].write_text(render_markdown(report, created), encoding="utf-8")
+    for section in report.sections:
+        for i, (_, data) in enumerate(section.images):
+            path = images / image_name(section, i)
+            path.write_bytes(data)
+            paths.append(path)
+    return paths
