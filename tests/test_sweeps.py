@@ -165,6 +165,20 @@ def test_swept_values_are_optuna_params_so_optunas_tools_read_the_study(workdir,
     assert [t.params for t in full.trials] == [t.user_attrs["params"] for t in full.trials]
 
 
+def test_each_trial_and_its_mlflow_run_name_each_other(workdir, client, swept) -> None:
+    """Optuna's dashboard showed "Objective 0" and no way from a trial to its run."""
+    for stage in ("screen", "full"):
+        trials = study(workdir, stage)
+        assert trials.metric_names == ["val_loss"]
+        runs = {r.info.run_id: r for r in stage_runs(client, stage)[1]}
+        ran = [t for t in trials.trials if t.user_attrs.get("outcome") in ("finished", "diverged")]
+        assert ran and {t.user_attrs["mlflow_run_id"] for t in ran} == set(runs)
+        for trial in ran:
+            tags = runs[trial.user_attrs["mlflow_run_id"]].data.tags
+            assert tags["optuna_trial"] == str(trial.number)
+            assert tags["condition"] == trial.user_attrs["condition"]
+
+
 def test_rerun_trains_nothing_new(client, workdir):
     before = {s: len(stage_runs(client, s)[1]) for s in ("screen", "full")}
     trials = {s: len(study(workdir, s).trials) for s in ("screen", "full")}

@@ -88,4 +88,6 @@ class StageJobs:
             *self.common,
             f"tracking.run_name={quoted(job.condition)}",
             f"hydra.sweep.subdir={quoted(job.folder)}",
+            # The run names its Optuna trial; the trial, its run (sweeper.py, once it ran).
+            *([f"++tracking.tags.optuna_trial={job.trial.number}"] if job.trial else []),
         ]

@@ -31,12 +31,15 @@ SLURM job) or its process is dead on this host, else once the heartbeat is 10 mi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from fashion_sweeps import run_folder
 from fashion_sweeps.sweeps.space import params_id
 from fashion_sweeps.sweeps.storage import open_storage
 from fashion_sweeps.tracking.provenance import process_gone
@@ -51,6 +55,8 @@ from fashion_sweeps.tracking.provenance import process_gone
 log = logging.getLogger(__name__)
 
 OUTCOME = "outcome"
+OBJECTIVE = "val_loss"  # what every trial reports: its run's best validation loss
+MLFLOW_RUN = "mlflow_run_id"
 PARAMS = "params"
 CONDITION = "condition"
 WORKER, HOST, PID, ALIVE = "worker", "host", "pid", "alive_at"
@@ -80,6 +86,10 @@ def open_study(storage: str, name: str, direction: str) -> tuple[optuna.Study, b
         study, created = optuna.load_study(study_name=name, storage=opened), False
     else:
         created = True
+    if study.metric_names is None:  # Optuna's dashboard says "Objective 0" without it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says what happens
     return study, created
 
@@ -150,6 +160,16 @@ def finish_trial(study: optuna.Study, trial: Trial, outcome: str, value: float |
         study.tell(trial, value)
     else:
         study.tell(trial, state=TrialState.FAIL)
+
+
+def link_run(trial: Trial, job_dir: str | None) -> None:
+    """The trial's MLflow run id as its user attribute `mlflow_run_id`, read from the record the
+    job left in its folder (none for a job that failed before opening its run)."""
+    record = run_folder.record(Path(job_dir)) if job_dir else None
+    if record is None or not record.is_file():
+        return
+    with contextlib.suppress(OSError, ValueError):
+        trial.set_user_attr(MLFLOW_RUN, json.loads(record.read_text())["run_id"])
 
 
 def outcome_of(value: Any) -> tuple[str, float | None]:

@@ -54,6 +54,7 @@ from fashion_sweeps.sweeps.study import (
     done_ids,
     finish_trial,
     hold,
+    link_run,
     n_done,
     open_study,
     others_active,
@@ -67,6 +68,12 @@ log = logging.getLogger(__name__)
 # The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it
 # in the same process (no second start of MLflow and torch).
 last_stage: dict[str, str] = {}
+
+
+def job_dir(ret: JobReturn) -> str | None:
+    """The job's output folder (its run folder), as its Hydra config resolved it."""
+    hydra_cfg = getattr(ret, "hydra_cfg", None)
+    return str(hydra_cfg.hydra.runtime.output_dir) if hydra_cfg is not None else None
 
 
 class SweepError(CompactHydraException):
@@ -375,6 +382,7 @@ class StageSweep:
             for job, ret in zip(jobs, returns, strict=True):
                 launched += 1
                 outcome, value = self._outcome(ret)
+                link_run(job.trial, job_dir(ret))
                 finish_trial(study, job.trial, outcome, value)
                 self._report(launched, total, job, outcome, value, ret)
                 if outcome == "crashed":
