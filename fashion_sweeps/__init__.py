@@ -41,3 +41,23 @@ def _native_resolution(target: str) -> int:
 # `dataset.image_size: ${fashion_sweeps_native_resolution:${backbone._target_}}`: each swept
 # backbone at its weights' resolution (conf/experiment/clothing_screen.yaml).
 OmegaConf.register_resolver("fashion_sweeps_native_resolution", _native_resolution, replace=True)
+
+
+def _image_size(backbone: object, default: int) -> int:
+    """A data set's image size: the native resolution of a backbone that starts from weights
+    (`pretrained` or `weights_path`) and has one, else the data set's own `default`."""
+    from omegaconf import DictConfig
+
+    if not isinstance(backbone, DictConfig) or not (
+        backbone.get("pretrained") or backbone.get("weights_path")
+    ):
+        return int(default)
+    from hydra.utils import get_method
+
+    size = getattr(get_method(backbone._target_), "native_resolution", None)
+    return int(size or default)
+
+
+# `image_size: ${fashion_sweeps_image_size:${backbone},64}` in conf/dataset/: a pretrained
+# Lite0 trains at 224 px unless `dataset.image_size` is given; a network from scratch at 64.
+OmegaConf.register_resolver("fashion_sweeps_image_size", _image_size, replace=True)
