@@ -292,3 +292,31 @@ def test_single_run_recipes_train_an_epoch_on_fixtures(make_cfg, request, recipe
     assert run.data.tags["status"] == "finished"
     assert run.data.tags["recipe"] == recipe
     assert 0 <= run.data.metrics["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("dataset", ["clothing", "fashion_product", "fashion_mnist"])
+def test_a_named_data_set_gets_the_frozen_transfer_screen(dataset: str) -> None:
+    """`make sweep DATASET=clothing` screened MobileNetV2 and VGG16 from random weights at 64 px
+    (first conditions at 19.9% and 40.7%): with ImageNet weights offline, the default grid is
+    the transfer screen, each backbone frozen at its weights' resolution."""
+    cfg = compose_sweep(f"dataset={dataset}", "sweep.stage=screen")
+    grid = SearchSpace.parse(cfg.hydra.sweeper.params, []).grid()
+    assert len(grid) == 24
+    assert {p["backbone"] for p in grid} == {"efficientnet_lite0", "efficientnet_lite2"}
+    for backbone, size in (("efficientnet_lite0", 224), ("efficientnet_lite2", 260)):
+        job = compose_sweep(f"dataset={dataset}", "sweep.stage=screen", f"backbone={backbone}")
+        assert (job.dataset.image_size, job.backbone.freeze) == (size, True)
+        assert job.dataset.augment is None  # the features are computed once per backbone
+
+
+def test_the_from_scratch_grid_stays_one_option_away() -> None:
+    cfg = compose_sweep("dataset=clothing", "sweep=scratch", "sweep.stage=screen")
+    grid = SearchSpace.parse(cfg.hydra.sweeper.params, []).grid()
+    assert {p["backbone"] for p in grid} == {"mobilenet_v2", "vgg16"} and len(grid) == 24
+    job = compose_sweep("dataset=clothing", "sweep=scratch", "backbone=vgg16", "sweep.stage=screen")
+    assert (job.dataset.image_size, job.backbone.freeze, job.backbone.pretrained) == (
+        64,
+        False,
+        False,
+    )
+    assert job.sweep.name == "clothing-scratch"

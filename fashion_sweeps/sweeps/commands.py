@@ -1,7 +1,7 @@
 """`fashion-sweeps screen | full | sweep`: the sweep stages as Hydra multiruns of `train`.
 
 Every argument is a Hydra override. `sweep=grid` (conf/sweep/grid.yaml, the 24-condition
-protocol) is used unless another `sweep=` option is given; the command sets `sweep.stage`.
+transfer screen) is used unless another `sweep=` option is given; the command sets `sweep.stage`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ STAGE_HELP = {
 STAGE_OPTIONS = """\
 Every argument is a Hydra override of train's config (`fashion-sweeps train --help` lists its
 groups); sweep=grid (conf/sweep/grid.yaml) unless another sweep= is given. Often used:
-  sweep=grid|tiny|tpe           the protocol (conf/sweep/)
+  sweep=grid|scratch|tiny|tpe   what is swept (conf/sweep/): frozen ImageNet Lite0/Lite2,
+                                MobileNetV2/VGG16 from random weights, ...
   sweep.name=NAME               the study, MLflow parent run and folder (default: the data set)
   dataset=NAME dataset.root=DIR the data
   backbone=a,b optimizer.lr=x,y values to sweep (replace the protocol's)

@@ -140,7 +140,7 @@ class StageSweep:
         if not self.storage or not self.study_name:
             raise ValueError(
                 "A resumable sweep needs hydra.sweeper.storage and hydra.sweeper.study_name; "
-                "conf/sweep/grid.yaml sets both."
+                "conf/sweep/protocol.yaml sets both."
             )
         return settings
 
