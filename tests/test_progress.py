@@ -37,6 +37,23 @@ def test_a_run_writes_batch_lines_with_rate_and_time_left(make_cfg, clothing_roo
     assert lines[-1].endswith("~0s left")
 
 
+def test_the_terminal_bar_shows_loss_and_accuracy_by_epoch_from_1(make_cfg, clothing_root, capsys):
+    """On a terminal the bar showed `v_num` and no loss or accuracy, and its "Epoch 1" was the
+    second epoch."""
+    cfg = make_cfg(
+        "dataset=clothing", f"dataset.root={clothing_root}", "dataset.image_size=16",
+        "backbone=mlp", "trainer.max_epochs=2", "trainer.progress=bar",
+        "tracking.log_model=false", "tracking.plots=false",
+    )  # fmt: skip
+    train(cfg)
+    captured = capsys.readouterr()
+    bar = captured.err + captured.out
+    assert "Epoch 1/2" in bar and "Epoch 2/2" in bar and "Epoch 0" not in bar
+    last = bar.rsplit("Epoch 2/2", 1)[1]
+    assert all(f"{key}=" in last for key in ("train_loss", "train_acc", "val_loss", "val_acc"))
+    assert "v_num" not in bar
+
+
 def test_frozen_features_report_their_progress(monkeypatch, caplog):
     monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
     backbone = efficientnet_lite0(freeze=True)

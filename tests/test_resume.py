@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.tracking.job_run import RECORD, read_record, readable_checkpoint, write_record
@@ -203,3 +204,40 @@ def test_a_real_last_checkpoint_loads_with_weights_only(make_cfg, fmnist_root: P
     train(cfg)
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     assert readable_checkpoint(last)
+
+
+def test_an_epoch_trained_again_replaces_what_the_killed_attempt_left(
+    make_cfg, fmnist_root: Path
+) -> None:
+    """Killed after logging epoch 3 but before its last.ckpt: the rerun trains epoch 3 again.
+    MLflow kept the killed attempt's val_loss beside the new train_loss (the new val_loss was
+    dropped), and the killed attempt's best-epoch checkpoint stayed to be tested."""
+    from fashion_sweeps.run_folder import best_checkpoints
+    from fashion_sweeps.tracking.runs import metric_curve
+
+    args = [f"dataset.root={fmnist_root}", "backbone=mlp", "backbone.hidden=16",
+            "dataset.image_size=16", "trainer.patience=10"]  # fmt: skip
+    cfg = make_cfg(*args, "trainer.max_epochs=2")
+    train(cfg)
+    out = Path(cfg.output_dir)
+    record = read_record(out)
+    client = MlflowClient(record["tracking_uri"])
+    # What the killed attempt left: epoch 3 logged, its best checkpoint saved, last.ckpt not.
+    client.log_batch(record["run_id"], metrics=[
+        Metric(key, 99.0, int(time.time() * 1000) - 60_000, 3)
+        for key in ("train_loss", "val_loss", "val_acc", "epoch")
+    ])  # fmt: skip
+    stale = out / "checkpoints" / "best-epoch=2.ckpt"  # Lightning's 2: the third epoch
+    stale.write_bytes((out / "checkpoints" / "last.ckpt").read_bytes() + b"stale")
+    write_record(out, {**record, "status": "running"})
+
+    train(make_cfg(*args, "trainer.max_epochs=3"))
+
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["attempt"] == "2"
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert run.data.metrics[key] != 99.0, key  # the epoch as trained again
+        assert [m.step for m in metric_curve(client, run.info.run_id, key)] == [1, 2, 3]
+    epochs = metric_curve(client, run.info.run_id, "epoch")
+    assert [(m.step, m.value) for m in epochs] == [(1, 1), (2, 2), (3, 3)]  # from 1, by epoch
+    assert all(p.read_bytes()[-5:] != b"stale" for p in best_checkpoints(out))

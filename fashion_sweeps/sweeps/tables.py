@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
 from fashion_sweeps.sweeps.stage_run import children, latest_per_condition
-from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
 # A condition's parts (the run's tags, config.condition_parts) under the config's own names.
 CONDITION_COLUMNS = ["backbone", "head", "optimizer", "lr", "sampler"]
@@ -28,8 +28,9 @@ STATUS_ORDER = {"finished": 0, "diverged": 1, "failed": 2, "interrupted": 3}
 
 def best_epoch_metrics(client: MlflowClient, run: Run, names: Iterable[str]) -> dict[str, float]:
     """Metric values logged at the step of the run's lowest val_loss (NaN where absent)."""
-    history = [m for m in client.get_metric_history(run.info.run_id, "val_loss")]
-    finite = [m for m in history if math.isfinite(m.value)]
+    finite = [
+        m for m in metric_curve(client, run.info.run_id, "val_loss") if math.isfinite(m.value)
+    ]
     if not finite:
         return {name: math.nan for name in names}
     best = min(finite, key=lambda m: (m.value, m.step))
@@ -37,9 +38,7 @@ def best_epoch_metrics(client: MlflowClient, run: Run, names: Iterable[str]) -> 
     for name in names:
         if name == "val_loss":
             continue
-        at_step = [
-            m for m in client.get_metric_history(run.info.run_id, name) if m.step <= best.step
-        ]
+        at_step = [m for m in metric_curve(client, run.info.run_id, name) if m.step <= best.step]
         values[name] = max(at_step, key=lambda m: m.step).value if at_step else math.nan
     return values
 

@@ -67,12 +67,13 @@ def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
 
 class RecordedRun(TrackedRun):
     """A TrackedRun that mirrors its status and best val_loss into the folder's record, and logs
-    a metric at most once per step: a continued run trains again the epochs its killed attempt
-    logged after the last checkpoint, and Lightning logs `epoch` with every batch of metrics."""
+    a metric at most once per step of this attempt (Lightning logs `epoch` with every batch of
+    metrics). A continued run logs again the epochs it trains again: their latest values are
+    what MLflow shows and what the tables and curves read (`runs.metric_curve`)."""
 
     record_dir: Path
     record: dict[str, Any]
-    steps: dict[str, set[int]]  # metric -> the steps logged (by any attempt)
+    steps: dict[str, set[int]]  # metric -> the steps this attempt logged
 
     def _unlogged(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
         new = {k: v for k, v in metrics.items() if step not in self.steps.get(k, ())}
@@ -105,12 +106,18 @@ class RecordedRun(TrackedRun):
 
 
 class _OncePerStepLogger(MLFlowLogger):
+    """Lightning's metrics at the step of their epoch, counted from 1 (Lightning logs them at the
+    global step, with a 0-based `epoch` beside them), once per step."""
+
     def __init__(self, run: RecordedRun) -> None:
         experiment = run.client.get_experiment(run.experiment_id).name
         super().__init__(experiment_name=experiment, tracking_uri=run.uri, run_id=run.run_id)
         self.run = run
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if "epoch" in metrics:
+            step = int(metrics["epoch"]) + 1
+            metrics = {**metrics, "epoch": step}
         new = self.run._unlogged(metrics, step or 0)
         if new:
             super().log_metrics(new, step)
@@ -119,7 +126,7 @@ class _OncePerStepLogger(MLFlowLogger):
 class ContinuedRun(RecordedRun):
     """A run continued by a relaunched job. MLflow params cannot change, so only params not logged
     by an earlier attempt are logged; changed values (e.g. trainer.max_epochs) are reported.
-    Its `steps` start from what the earlier attempts logged."""
+    """
 
     logged: dict[str, str]
 
@@ -233,6 +240,18 @@ def _check_same_experiment(output_dir: Path, record: Mapping[str, Any], cfg: Dic
         )
 
 
+def discard_later_epochs(last: Path) -> None:
+    """Remove the best checkpoints of epochs after `last`'s: a killed attempt saved them after
+    its last checkpoint, and the continued run trains those epochs again (a stale one would be
+    tested as the best)."""
+    # Lightning's 0-based epoch of `last`; epoch_of counts from 1.
+    done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+    for path in run_folder.best_checkpoints(last.parent.parent):
+        if run_folder.epoch_of(path) > done:
+            log.info("Removing %s: its epoch is trained again from %s", path.name, last.name)
+            path.unlink(missing_ok=True)
+
+
 def _result(record: Mapping[str, Any]) -> float:
     value = record.get("best_val_loss")
     return math.nan if record.get("status") == "diverged" or value is None else float(value)
@@ -275,10 +294,7 @@ def _continue(
     # Tagged through the client: `set_tags` would save a record the run does not have yet.
     run = ContinuedRun.reopen(client, previous)
     run.logged = dict(previous.data.params)
-    run.steps = {
-        key: {m.step for m in client.get_metric_history(run_id, key)}
-        for key in previous.data.metrics
-    }
+    run.steps = {}
     return run
 
 
@@ -296,6 +312,8 @@ def open_job_run(
         _check_same_experiment(output_dir, record, cfg)
     last = run_folder.last_checkpoint(output_dir)
     resume_from = last if record is not None and readable_checkpoint(last) else None
+    if resume_from is not None and is_rank_zero():
+        discard_later_epochs(resume_from)
     if not is_rank_zero():
         # The same decisions as rank 0, from the same files, so all ranks train the same epochs.
         if record is not None and record.get("status") in DONE:

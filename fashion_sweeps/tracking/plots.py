@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.tracking.runs import TrackedRun
+from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red titles in the gallery
 CURVES = (("loss", "train_loss", "val_loss"), ("accuracy", "train_acc", "val_acc"))
@@ -33,21 +33,10 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 def epoch_histories(
     client: MlflowClient, run_id: str, keys: Sequence[str]
 ) -> dict[str, list[tuple[int, float]]]:
-    """Per metric, its (epoch, value) points as Lightning logged them (epochs from 1).
-
-    Lightning logs epoch-level metrics at the global step and an `epoch` metric beside them; that
-    pairing turns steps into epochs. Without it, the n-th value is epoch n.
-    """
-    step_to_epoch = {m.step: int(m.value) + 1 for m in client.get_metric_history(run_id, "epoch")}
-    out = {}
-    for key in keys:
-        history = sorted(
-            client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)
-        )
-        out[key] = [
-            (step_to_epoch.get(m.step, i + 1), float(m.value)) for i, m in enumerate(history)
-        ]
-    return out
+    """Per metric, its (epoch, value) points: per-epoch metrics step by epoch, from 1."""
+    return {
+        key: [(m.step, float(m.value)) for m in metric_curve(client, run_id, key)] for key in keys
+    }
 
 
 def learning_curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:

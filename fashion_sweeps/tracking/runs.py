@@ -350,3 +350,12 @@ def _log_last_sample(monitor: Any) -> None:
             monitor.mlflow_logger.flush()
     except Exception as err:  # a statistic of the machine is never worth a failed run
         log.warning("The last system-metrics sample was not logged: %s", err)
+
+
+def metric_curve(client: MlflowClient, run_id: str, key: str) -> list[Metric]:
+    """A metric's history, one value per step (per-epoch metrics step by epoch, from 1), in step
+    order: where a resumed run trained an epoch again, that epoch's latest value."""
+    latest: dict[int, Metric] = {}
+    for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        latest[metric.step] = metric
+    return [latest[step] for step in sorted(latest)]

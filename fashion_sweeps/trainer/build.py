@@ -17,7 +17,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging
 
 from fashion_sweeps import interrupts, run_folder
@@ -107,6 +108,27 @@ class EpochSummary(Callback):
         )
 
 
+class EpochBar(TQDMProgressBar):
+    """Lightning's bar on a terminal, with the run's loss and accuracy (train and validation, as
+    the epoch lines show them), epochs counted from 1 and no logger version (`v_num`)."""
+
+    SHOWN = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, str]:
+        metrics = trainer.callback_metrics
+        return {k: f"{float(metrics[k]):.4f}" for k in self.SHOWN if k in metrics}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        # Lightning's own steps, with the epoch from 1: its "Epoch 0" would flash first.
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=convert_inf(self.total_train_batches))
+        self.train_progress_bar.initial = 0
+        self.train_progress_bar.set_description(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
+
+
 def run_device(cfg: DictConfig) -> str:
     """ "cuda" when the run trains on a GPU, else "cpu" (before any Trainer exists)."""
     accelerator = str(cfg.get("accelerator", "cpu")).lower()
@@ -193,8 +215,7 @@ def build_trainer(
     ]
     if ema_decay is not None:
         all_callbacks.append(ema_averaging(ema_decay))
-    if not bar:
-        all_callbacks.append(EpochSummary(progress_every_s))
+    all_callbacks.append(EpochBar() if bar else EpochSummary(progress_every_s))
     trainer = pl.Trainer(
         default_root_dir=output_dir,
         logger=logger,
