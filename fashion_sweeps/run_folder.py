@@ -7,6 +7,8 @@ sweep condition's folder): every file a run writes there or reads back is named 
         last.ckpt             the newest epoch's, which a relaunched job trains on from
         knn.ckpt              head=knn: the stored training features, nothing trained (models/knn.py)
         *.damaged-<time>      a checkpoint torch could not open, set aside
+    results.csv               one row per epoch: its train and validation metrics (trainer/epoch_table.py)
+    results.png               the learning curves from those rows (runs that draw figures: tracking.plots)
     evaluation/               the test split's evaluation files (also logged to MLflow)
     backbone.pth              `fashion-sweeps export-backbone`'s file (models/export.py)
     .data_ready.<launch>      rank 0's word to the other DDP ranks: the data is prepared
@@ -27,6 +29,7 @@ BEST = "best-{epoch}"
 LAST = "last"
 KNN = "knn.ckpt"
 EVALUATION = "evaluation"
+RESULTS_TABLE, RESULTS_FIGURE = "results.csv", "results.png"
 EXPORTED_BACKBONE = "backbone.pth"
 # Where a checkpoint's state dict keeps the backbone's tensors: ClassifierModule.model.backbone.
 BACKBONE_PREFIX = "model.backbone."
@@ -72,6 +75,14 @@ def folder_of(path: str | Path) -> Path:
 def set_aside(checkpoint: Path) -> Path:
     """Where a damaged checkpoint is kept for a look (never loaded again)."""
     return checkpoint.with_name(f"{checkpoint.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def results_table(folder: Path) -> Path:
+    return folder / RESULTS_TABLE
+
+
+def results_figure(folder: Path) -> Path:
+    return folder / RESULTS_FIGURE
 
 
 def evaluation(folder: Path) -> Path:

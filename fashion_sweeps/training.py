@@ -66,6 +66,7 @@ from fashion_sweeps.trainer.distributed import (
     mark_data_ready,
     wait_for_rank_zero_data,
 )
+from fashion_sweeps.trainer.epoch_table import EpochTable
 from fashion_sweeps.trainer.speed import Speed, resolve_speed
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def _fit_and_test(
         cfg.trainer,
         out,
         logger=run.lightning_logger(),
-        callbacks=[clock, *(callbacks or [])],
+        callbacks=[clock, EpochTable(out, cfg.tracking.plots), *(callbacks or [])],
         precision=speed.precision,
     )
     check_relaunch_possible(trainer)

@@ -3,6 +3,7 @@ requeue does), trains on from its last checkpoint inside the same MLflow run."""
 
 from __future__ import annotations
 
+import csv
 import math
 import signal
 import subprocess
@@ -241,3 +242,6 @@ def test_an_epoch_trained_again_replaces_what_the_killed_attempt_left(
     epochs = metric_curve(client, run.info.run_id, "epoch")
     assert [(m.step, m.value) for m in epochs] == [(1, 1), (2, 2), (3, 3)]  # from 1, by epoch
     assert all(p.read_bytes()[-5:] != b"stale" for p in best_checkpoints(out))
+    rows = list(csv.DictReader((out / "results.csv").open()))  # one row per epoch, in the folder
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["val_loss"]) == pytest.approx(run.data.metrics["val_loss"])

@@ -179,6 +179,31 @@ def test_each_trial_and_its_mlflow_run_name_each_other(workdir, client, swept) -
             assert tags["condition"] == trial.user_attrs["condition"]
 
 
+def test_each_stage_parent_carries_the_settings_and_the_result(client, swept) -> None:
+    """A parent's row in MLflow's runs table was dashes: no params, one bookkeeping metric."""
+    for stage in ("screen", "full"):
+        parent, kids = stage_runs(client, stage)
+        params, metrics = parent.data.params, parent.data.metrics
+        assert params["sweep.name"] == "t" and params["grid.head"] == "fc,batchnorm"
+        assert params["grid.optimizer.lr"] == "0.01,0.001,inf"
+        finished = [k for k in kids if k.data.tags["status"] == "finished"]
+        best = min(finished, key=lambda k: k.data.metrics["best_val_loss"])
+        assert parent.data.tags["best_condition"] == best.data.tags["condition"]
+        for key in ("best_val_loss", "test_acc", "test_f1_weighted"):
+            assert metrics[key] == best.data.metrics[key]
+        assert metrics["conditions_finished"] == len(finished)
+        assert metrics["conditions_failed"] == len(kids) - len(finished)
+    assert stage_runs(client, "screen")[0].data.metrics["conditions_failed"] == 2  # lr=inf
+
+
+def test_a_condition_runs_command_reads_as_typed(client, swept) -> None:
+    """The `command` tag was unreadable: `'sweep.name='"'"'clothing_sample-demo'"'"''`."""
+    _, kids = stage_runs(client, "screen")
+    command = kids[0].data.tags["command"]
+    assert " sweep.name=t " in command and "'\"'\"'" not in command
+    assert f"tracking.run_name={kids[0].data.tags['condition']}" in command
+
+
 def test_rerun_trains_nothing_new(client, workdir):
     before = {s: len(stage_runs(client, s)[1]) for s in ("screen", "full")}
     trials = {s: len(study(workdir, s).trials) for s in ("screen", "full")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -349,3 +350,20 @@ def test_an_image_size_below_one_is_one_paragraph_before_any_run(make_cfg, size:
     cfg = make_cfg("dataset=clothing_sample", f"dataset.image_size={size}")
     with pytest.raises(DataError, match=rf"dataset.image_size={size}: give the pixels per side"):
         check_loader_options(cfg.dataset)
+
+
+@pytest.mark.parametrize("plots", [True, False])
+def test_the_run_folder_holds_a_table_per_epoch_and_its_curves(make_cfg, clothing_root, plots):
+    """As Ultralytics writes them without asking: results.csv (one row per epoch) and, in runs
+    that draw figures, results.png, beside the checkpoints."""
+    cfg = make_cfg(
+        "dataset=clothing", f"dataset.root={clothing_root}", *TINY, f"tracking.plots={plots}",
+    )  # fmt: skip
+    train(cfg)
+    out = Path(cfg.output_dir)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "seconds"} <= set(rows[0])
+    _, run = only_run(cfg)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(run.data.metrics["val_loss"])
+    assert (out / "results.png").is_file() == plots

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 # No public API converts a sweep override to a distribution: the plugin's own function keeps every
 # syntax meaning what it means to the Optuna sweeper (the plugin is pinned in pyproject.toml).
@@ -39,6 +40,13 @@ class SearchSpace:
 
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
+
+    def choices(self) -> dict[str, str]:
+        """Each swept key's values as text (`0.1,0.01`; a range as Optuna describes it)."""
+        return {
+            key: ",".join(map(str, d.choices)) if isinstance(d, CategoricalDistribution) else str(d)
+            for key, d in self.distributions.items()
+        }
 
     @classmethod
     def parse(
@@ -96,7 +104,14 @@ def params_id(params: Mapping[str, Any]) -> str:
 
 
 def quoted(value: str) -> str:
-    """A string as a quoted Hydra override value (keeps `/`, `=`, `,` literal)."""
+    """A string as a Hydra override value: as it is where Hydra reads it back as that same string
+    (`clothing-demo`, `mlp/fc/adam/0.01`), else quoted (`=`, `,`, `true`, `0.5`...), so that
+    the commands runs record stay readable."""
+    try:
+        if OverridesParser.create().parse_override(f"k={value}").value() == value:
+            return value
+    except HydraException:
+        pass
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

@@ -18,6 +18,7 @@ import optuna
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
+from fashion_sweeps.settings import config_params
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
     artifact_root,
@@ -131,3 +132,13 @@ def _close_interrupted_children(parent: TrackedRun) -> None:
                 run.info.run_id, "failure_reason", "the sweep process stopped during this run"
             )
             parent.client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def log_settings(parent: TrackedRun, settings: DictConfig, grid: dict[str, str]) -> None:
+    """The sweep's settings as the parent's params: `sweep.*` and the swept values (`grid.*`).
+    MLflow params never change: a parent keeps what its first invocation logged (a grid widened
+    since shows in its child runs)."""
+    values = {f"sweep.{k}": v for k, v in config_params(settings).items()}
+    values.update({f"grid.{key.lstrip('+~')}": choices for key, choices in grid.items()})
+    held = parent.client.get_run(parent.run_id).data.params
+    parent.log_params({k: v for k, v in values.items() if k not in held})

@@ -268,6 +268,7 @@ class StageSweep:
         parent = stage_run.shared_stage_run(
             study, self.created, self.config.tracking, experiment, name, stage
         )
+        stage_run.log_settings(parent, settings, space.choices())
         stage_jobs = StageJobs.of(
             self._compose, space.fixed, stage, name, experiment, parent.run_id
         )

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
 from fashion_sweeps.sweeps.stage_run import children, latest_per_condition
+from fashion_sweeps.sweeps.stored_sweep import best_run
 from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
 # A condition's parts (the run's tags, config.condition_parts) under the config's own names.
@@ -126,6 +127,18 @@ def publish(table: pd.DataFrame, name: str, title: str, parent: TrackedRun, fold
     return text
 
 
+def stage_result(counts: dict[str, int], best: Run | None) -> dict[str, float]:
+    """A stage's result as its parent's metrics: conditions finished and failed (diverged or
+    refused included), and the best condition's val_loss, test accuracy and weighted F1."""
+    finished = counts.get("finished", 0)
+    result = {"conditions_finished": finished, "conditions_failed": sum(counts.values()) - finished}
+    if best is not None:
+        metrics = best.data.metrics
+        keys = ("best_val_loss", "test_acc", "test_f1_weighted")
+        result.update({key: metrics[key] for key in keys if key in metrics})
+    return result
+
+
 def publish_stage(
     parent: TrackedRun, stage: str, name: str, winners: list[str], folder: Path, seconds: float
 ) -> None:
@@ -145,7 +158,12 @@ def publish_stage(
         text = publish(table, "comparison", title, parent, folder)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     parent.set_tags({"conditions": len(table), **{f"n_{k}": v for k, v in counts.items()}})
+    shown = list(runs.values()) if stage == "screen" else chosen
+    best = best_run(shown)
+    if best is not None:
+        parent.set_tags({"best_condition": best.data.tags.get("condition", "")})
     # One point per invocation (a resumed stage adds one), numbered from 1.
     runs_before = parent.client.get_metric_history(parent.run_id, "last_invocation_s")
-    parent.log_metrics({"last_invocation_s": seconds}, step=len(runs_before) + 1)
+    result = {**stage_result(counts, best), "last_invocation_s": seconds}
+    parent.log_metrics(result, step=len(runs_before) + 1)
     print(f"\n{text}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)

@@ -1,0 +1,82 @@
+"""`results.csv` and `results.png` in the run folder, as Ultralytics writes them without asking:
+one row per epoch (its train and validation metrics, seconds), and the learning curves drawn
+from those rows. The table is rewritten whole after every epoch, so a killed run keeps every
+finished epoch and a continued run's epoch trained again replaces its row.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from fashion_sweeps import run_folder
+
+log = logging.getLogger(__name__)
+
+
+class EpochTable(Callback):
+    """`results.csv` after each epoch; `results.png` when training ends, if `curves`."""
+
+    def __init__(self, folder: Path, curves: bool) -> None:
+        self.path, self.curves = run_folder.results_table(folder), curves
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A continued run: the rows of the epochs its checkpoint holds, not those trained again.
+        self.rows = [r for r in read_rows(self.path) if r["epoch"] <= trainer.current_epoch]
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch + 1}
+        row.update({k: float(v) for k, v in sorted(metrics.items()) if k.startswith(PREFIXES)})
+        row["seconds"] = round(time.perf_counter() - self._start, 2)
+        self.rows.append(row)
+        write_rows(self.path, self.rows)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.curves and trainer.is_global_zero and self.rows:
+            draw_curves(self.rows, run_folder.results_figure(self.path.parent))
+
+
+PREFIXES = ("train_", "val_")
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """Written beside and renamed into place: a kill mid-write leaves the previous table."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def draw_curves(rows: list[dict[str, float]], path: Path) -> None:
+    from fashion_sweeps.tracking.plots import learning_curves_figure  # matplotlib: only here
+
+    keys = {k for row in rows for k in row}
+    histories = {
+        key: [(int(r["epoch"]), r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
+        for key in keys
+    }
+    learning_curves_figure(histories).savefig(path, bbox_inches="tight")
