@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks import memory
 from fashion_sweeps import markdown
 
 TARGETS = {"screen": 20.0, "data": 10.0, "finetune": 0.9, "overhead_s": 1.0}
@@ -146,7 +147,7 @@ def table(results: dict[str, Any]) -> str:
         )
     if screen:
         rows += overhead_rows(screen)
-    return "\n".join(markdown.table(header, rows))
+    return "\n".join(markdown.table(header, rows)) if rows else ""
 
 
 def _measured(screen: dict[str, Any]) -> float:
@@ -512,6 +513,11 @@ def screen_engine_table(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def memory_lines(results: dict[str, Any]) -> list[str]:
+    rows = results.get("memory")
+    return [*memory.memory_table(rows), ""] if rows else []
+
+
 def write(results: dict[str, Any], folder: Path) -> Path:
     """Write results.json and results.md into `folder`; returns the Markdown file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -533,6 +539,7 @@ def write(results: dict[str, Any], folder: Path) -> Path:
         "",
         *screen_engine_table(results),
         *engine_tables(results),
+        *memory_lines(results),
         "## Profile",
         "",
         *profile_lines(results),

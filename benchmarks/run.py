@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import engines, report, sizes
+from benchmarks import engines, memory, report, sizes
 from benchmarks.finetune import finetune_bench
 from benchmarks.loading import loading_bench
 from benchmarks.profile import profile_trial
@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         default=engines.FINETUNE_STEPS,
         help="engines bench: timed fine-tuning steps per round (after one untimed)",
     )
+    parser.add_argument(
+        "--memory-roots",
+        default="clothing=../shared/data/clothing",
+        metavar="NAME=PATH,...",
+        help="memory bench: the data sets whose frozen screen condition it runs, e.g. "
+        "clothing=../shared/data/clothing,fashion_product=data/fashion_product",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="results folder")
     parser.add_argument(
         "--synthetic", action="store_true", help="synthetic photos even when the real ones are here"
@@ -89,6 +96,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.load_epochs < 2:
         parser.error("--load-epochs must be at least 2: the data bench times epochs 2+")
     engines.check_flags(parser, args)
+    try:
+        args.memory_roots = memory.parse_roots(args.memory_roots)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -154,6 +165,10 @@ def run_benches(
     whose labels are clothing)."""
     only = args.only.split(",")
     size = f"dataset.image_size={image_size_override(args.image_size)}"
+    if "memory" in only:
+        log.info("Bench 6: peak memory of a frozen screen condition at each data size")
+        results["memory"] = memory.memory_bench(args.memory_roots, work)
+        save()
     if "engines" in only:
         log.info("Bench 5: inference engines and fine-tuning speed-ups")
         setup = engines.EngineSettings(

@@ -18,7 +18,8 @@ from typing import Any
 
 from benchmarks.screen_figures import sample_grid
 
-BENCHES = ("data", "finetune", "screen", "engines")
+# `memory` runs only when --only names it: it needs --memory-roots (the product photos).
+BENCHES = ("data", "finetune", "screen", "engines", "memory")
 # What `--screen-engines` may name: an `inference.engine` value (conf/inference/).
 SCREEN_ENGINES = ("auto", "torch", "openvino")
 LITES = "efficientnet_lite0,efficientnet_lite2"
@@ -28,7 +29,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "images": 500,
         "image_size": "128",
         "backbone": "efficientnet_lite0",
-        "only": ",".join(BENCHES),
+        "only": "data,finetune,screen,engines",
         "uncached_conditions": 0,
         "engine_backbones": LITES,
         "engine_images": 128,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fashion_sweeps.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout (this package beside pyproject.toml): the repository's folder; else None.
@@ -58,6 +62,46 @@ def condition_key(cfg: DictConfig) -> str:
 TRUSTED_TARGETS = ["fashion_sweeps.*", "torch.optim.*", "torch.nn.*"]
 
 
+class UntrustedTargetError(UserError, ValueError):
+    """A config names a `_target_` that Hydra refuses to build (outside TRUSTED_TARGETS, or not
+    found); the message is Hydra's, naming the key."""
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every `_target_` of a run's config is one this project builds: an untrusted one is refused
+    before a run opens or data is read (`build` refuses it again, as the authority)."""
+    stack: list[Any] = [OmegaConf.to_container(cfg, resolve=False)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and "${" not in target and not trusted(target):
+                raise UntrustedTargetError(
+                    f"_target_={target!r} is refused: this project builds only "
+                    f"{', '.join(TRUSTED_TARGETS)}. Name one of its options (`fashion-sweeps "
+                    "train --help` lists them) or a module of your own under fashion_sweeps."
+                )
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+
+
+def trusted(target: str) -> bool:
+    return any(fnmatch.fnmatchcase(target, pattern) for pattern in TRUSTED_TARGETS)
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate` restricted to our trusted targets."""
-    return instantiate(node, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)
+    """`hydra.utils.instantiate` restricted to our trusted targets. Hydra's own refusals (no
+    cause: an untrusted or unknown target) are user errors; errors raised while building stay
+    as they are (ours are already `UserError`s)."""
+    try:
+        return instantiate(node, _execution_whitelist_=TRUSTED_TARGETS, **kwargs)
+    except InstantiationException as err:
+        if err.__cause__ is not None:
+            raise
+        message = " ".join(str(err).split())
+        raise UntrustedTargetError(
+            f"{message} This project builds only {', '.join(TRUSTED_TARGETS)}: name one of "
+            "its options (`fashion-sweeps train --help` lists them) or a module of your own "
+            "under fashion_sweeps."
+        ) from err

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,6 +178,47 @@ def tail_report(table: pd.DataFrame, recall_below: float) -> pd.DataFrame:
     return tail.sort_values(["recall", "support"], ascending=[True, False])
 
 
+TOP_LOSSES = 20  # rows of top_losses.csv; the gallery shows the first tracking.gallery_size
+
+
+def losses(predictions: Predictions) -> np.ndarray:
+    """Each test image's cross-entropy: -log of the probability given to its true class."""
+    true = predictions.probs[np.arange(len(predictions)), predictions.targets]
+    return -np.log(np.clip(true, 1e-12, 1.0))
+
+
+def top_losses(predictions: Predictions, k: int = TOP_LOSSES) -> pd.DataFrame:
+    """The `k` test images the model got most confidently wrong (fastai's top losses): their
+    index in the test split, true and predicted class, the predicted class's probability and
+    the loss, highest loss first."""
+    loss = losses(predictions)
+    wrong = np.flatnonzero(predictions.predicted != predictions.targets)
+    order = wrong[np.argsort(-loss[wrong], kind="stable")][:k]
+    classes = np.asarray(predictions.classes, dtype=object)
+    return pd.DataFrame(
+        {
+            "test_index": order,
+            "actual": classes[predictions.targets[order]],
+            "predicted": classes[predictions.predicted[order]],
+            "probability": predictions.probs[order].max(axis=1),
+            "loss": loss[order],
+        }
+    )
+
+
+def most_confused(counts: np.ndarray, classes: Sequence[str], min_count: int = 1) -> pd.DataFrame:
+    """The (actual, predicted) class pairs most often confused (fastai's most_confused), from the
+    confusion counts: off the diagonal, at least `min_count` times, most first."""
+    actual, predicted = np.nonzero(counts * (1 - np.eye(len(counts), dtype=counts.dtype)))
+    rows = [
+        (classes[a], classes[p], int(counts[a, p]))
+        for a, p in zip(actual, predicted, strict=True)
+        if counts[a, p] >= min_count
+    ]
+    table = pd.DataFrame(rows, columns=["actual", "predicted", "count"])
+    return table.sort_values(["count", "actual", "predicted"], ascending=[False, True, True])
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Everything measured on the test split of one run."""
@@ -188,6 +229,8 @@ class Evaluation:
     confusion: np.ndarray
     tail: pd.DataFrame
     recall_below: float
+    top_losses: pd.DataFrame
+    most_confused: pd.DataFrame
 
     @property
     def not_in_test(self) -> list[str]:
@@ -203,13 +246,16 @@ def evaluate(predictions: Predictions, recall_below: float = 0.5) -> Evaluation:
     recalls = table.loc[table["support"] > 0, "recall"]
     if len(recalls):
         overall["worst_class_recall"] = float(recalls.min())
+    confusion = confusion_counts(predictions)
     return Evaluation(
         classes=list(predictions.classes),
         per_class=table,
         overall=overall,
-        confusion=confusion_counts(predictions),
+        confusion=confusion,
         tail=tail_report(table, recall_below),
         recall_below=recall_below,
+        top_losses=top_losses(predictions),
+        most_confused=most_confused(confusion, predictions.classes),
     )
 
 

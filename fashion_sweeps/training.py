@@ -22,7 +22,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from fashion_sweeps import interrupts, run_folder
-from fashion_sweeps.config import build, component_name, condition, condition_key
+from fashion_sweeps.config import (
+    build,
+    check_targets,
+    component_name,
+    condition,
+    condition_key,
+)
 from fashion_sweeps.console_log import drop_basic_config
 from fashion_sweeps.data.datamodule import (
     FashionDataModule,
@@ -90,6 +96,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     fit_threads_to_allocation()
     pl.seed_everything(cfg.seed, workers=True)
     # Config errors, before any run is opened or data read.
+    check_targets(cfg)
     check_loader_options(cfg.dataset)
     check_knn_config(cfg)
     train_augmentation(cfg.dataset)
@@ -362,7 +369,6 @@ def _test(
         lambda: prepared.images("test"),
         predictions,
         cfg.tracking,
-        cfg.seed,
         accuracy,
     )
     run.set_tags({"status": "finished"})

@@ -503,3 +503,22 @@ def test_bench_runs_end_to_end_on_synthetic_photos(tmp_path: Path) -> None:
     # The size's one screen engine (OpenVINO) filled the single-screen figures.
     assert screen["engine"] == "openvino" and list(screen["by_engine"]) == ["openvino"]
     assert screen["by_engine"]["openvino"]["cached_s"] == screen["cached_s"]
+
+
+def test_the_memory_bench_names_its_data_sets_and_compares_their_peaks() -> None:
+    from benchmarks import memory
+
+    roots = memory.parse_roots("clothing=a/b,fashion_product=/c")
+    assert {k: str(v) for k, v in roots.items()} == {"clothing": "a/b", "fashion_product": "/c"}
+    with pytest.raises(ValueError, match="NAME=PATH with NAME one of"):
+        memory.parse_roots("fmnist=x")
+    gib = 1024**3
+    row = {"dataset": "clothing", "images": 5073, "image_size": 224, "exit_code": 0,
+           "peak_rss_bytes": 2 * gib, "seconds": 60.0, "cache_bytes": gib,
+           "load_before": [1.0], "load_after": [1.5], "log": "x"}  # fmt: skip
+    big = {**row, "dataset": "fashion_product", "images": 43003, "peak_rss_bytes": 3 * gib}
+    text = "\n".join(memory.memory_table([row, big]))
+    assert "| clothing | 5,073 | 224 px | 2.00 GB | 1.00x | 60 s | 1.00 GB | 1.0 -> 1.5 |" in text
+    assert "| fashion_product | 43,003 | 224 px | 3.00 GB | 1.50x |" in text
+    failed = "\n".join(memory.memory_table([row, {**big, "exit_code": 137}]))
+    assert "| fashion_product | failed (exit 137): see x |" in failed

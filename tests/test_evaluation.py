@@ -137,6 +137,8 @@ def test_evaluation_files_are_written_with_class_names(tmp_path: Path) -> None:
     assert {p.name for p in paths} == {
         "per_class.csv",
         "per_class.json",
+        "top_losses.csv",
+        "most_confused.csv",
         "overall.json",
         "tail.json",
         "confusion_counts.csv",

@@ -104,6 +104,9 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
     # The best model's per-class table (issue 5's evaluation/per_class.csv).
     best = html.split("<h2>Best model</h2>")[1]
     assert "<table" in best and "<td>Dress</td>" in best
+    # As fastai interprets a model: its most confused class pairs and top losses.
+    assert "<th>actual</th>" in best and "<th>count</th>" in best
+    assert "Top losses: the test images it got most confidently wrong" in best
 
 
 def test_html_is_self_contained(report) -> None:

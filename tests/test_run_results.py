@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fashion_sweeps.data.datamodule import prepare_arrays
+from fashion_sweeps.evaluation import Predictions, losses, most_confused, top_losses
 from fashion_sweeps.inference import engines
 from fashion_sweeps.models.classifier import Classifier
 from fashion_sweeps.tracking.model_logging import load_classifier
@@ -85,11 +86,21 @@ def test_model_logging_can_be_switched_off(make_cfg, tiny_clothing, clothing_roo
     assert names == {"plots/learning_curves.png", "plots/gallery.png"}
 
 
-def test_gallery_picks_the_same_images_for_the_same_seed() -> None:
-    assert list(gallery_indices(50, 10, seed=42)) == list(gallery_indices(50, 10, seed=42))
-    assert list(gallery_indices(50, 10, seed=42)) != list(gallery_indices(50, 10, seed=43))
-    assert len(set(gallery_indices(50, 10, seed=1))) == 10
-    assert list(gallery_indices(4, 10, seed=1)) == [0, 1, 2, 3]  # fewer test images than asked
+def test_the_gallery_shows_the_top_losses_first() -> None:
+    """A random gallery showed mostly right answers: fastai's top losses show what to look at."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.5, 0.5]])
+    predictions = Predictions(probs, np.array([0, 0, 0, 0, 1]), ["a", "b"])
+    assert list(gallery_indices(losses(predictions), 3)) == [3, 1, 4]
+    top = top_losses(predictions)  # the wrong ones only, the most confident first
+    assert list(top["test_index"]) == [3, 1, 4]
+    assert list(top["predicted"]) == ["b", "b", "a"]
+    assert list(top["probability"]) == [0.95, 0.8, 0.5]
+
+
+def test_most_confused_pairs_come_most_first() -> None:
+    counts = np.array([[5, 3, 0], [1, 4, 2], [0, 3, 6]])
+    table = most_confused(counts, ["a", "b", "c"])
+    assert table.values.tolist() == [["a", "b", 3], ["c", "b", 3], ["b", "c", 2], ["b", "a", 1]]
 
 
 def test_figures_can_be_switched_off_and_the_tables_stay(

@@ -5,8 +5,8 @@ registered on the way (alias `champion`).
 
 from __future__ import annotations
 
+import io
 import math
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -31,9 +31,13 @@ BEST_MODEL_IMAGES = (
     (CURVES_FILE, "Learning curves"),
     ("evaluation/confusion_normalised.png", "Confusion matrix (row-normalised)"),
     ("evaluation/confusion_counts.png", "Confusion matrix (counts)"),
-    (GALLERY_FILE, "Predicted vs actual: 10 random test images"),
+    (GALLERY_FILE, "Top losses: the test images it got most confidently wrong"),
 )
-PER_CLASS_FILE = "evaluation/per_class.csv"
+# The best model's tables shown in the report: (file in its run, rows shown).
+TABLE_FILES = (
+    ("evaluation/per_class.csv", None),
+    ("evaluation/most_confused.csv", 10),  # the class pairs most often confused
+)
 
 
 def _group(row: pd.Series) -> str:
@@ -118,14 +122,13 @@ def best_model_section(client: MlflowClient, run: Run, stage: str, registered: s
             missing.append(path)
         else:
             section.images.append((caption, data))
-    per_class = artifact_bytes(client, run.info.run_id, PER_CLASS_FILE)
-    if per_class is None:
-        missing.append(PER_CLASS_FILE)
-    else:
-        with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-            f.write(per_class)
-            f.flush()
-            section.tables.append(pd.read_csv(f.name))
+    for path, rows in TABLE_FILES:
+        data = artifact_bytes(client, run.info.run_id, path)
+        if data is None:
+            missing.append(path)
+        else:
+            table = pd.read_csv(io.BytesIO(data))
+            section.tables.append(table if rows is None else table.head(rows))
     if missing:
         section.text += f" Not logged by this run: {', '.join(missing)}."
     return section

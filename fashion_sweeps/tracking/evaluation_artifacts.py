@@ -97,8 +97,12 @@ def write_evaluation(evaluation: Evaluation, folder: Path, figures: bool = True)
         "not_in_test": evaluation.not_in_test,
     }
     overall = {k: _finite_or_none(v) for k, v in evaluation.overall.items()}
+    evaluation.top_losses.to_csv(folder / "top_losses.csv", index=False, float_format="%.4f")
+    evaluation.most_confused.to_csv(folder / "most_confused.csv", index=False)
     tables = [
         folder / "per_class.csv",
+        folder / "top_losses.csv",
+        folder / "most_confused.csv",
         _write_json(folder / "per_class.json", _records(evaluation.per_class)),
         _write_json(folder / "overall.json", overall),
         _write_json(folder / "tail.json", tail),

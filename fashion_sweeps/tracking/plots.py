@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps.evaluation import Predictions, losses
 from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red titles in the gallery
@@ -62,10 +63,10 @@ def learning_curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]])
 # --- Prediction gallery -------------------------------------------------------------------------
 
 
-def gallery_indices(n_items: int, count: int, seed: int) -> np.ndarray:
-    """`count` distinct items chosen at random, the same for the same seed."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_items, size=min(count, n_items), replace=False))
+def gallery_indices(losses: np.ndarray, count: int) -> np.ndarray:
+    """The `count` test images of the highest loss, highest first (fastai's top losses: the
+    images the model got most confidently wrong, then its least sure right answers)."""
+    return np.argsort(-np.asarray(losses), kind="stable")[:count]
 
 
 def gallery_figure(
@@ -97,7 +98,8 @@ def gallery_figure(
             fontsize=9,
         )
     fig.suptitle(
-        "Predicted vs actual (test set)" + (f": test accuracy {accuracy}" if accuracy else "")
+        "Top losses (test set): predicted vs actual, most confidently wrong first"
+        + (f"; test accuracy {accuracy}" if accuracy else "")
     )
     return fig
 
@@ -168,22 +170,19 @@ def log_learning_curves(run: TrackedRun) -> None:
 def log_gallery(
     run: TrackedRun,
     images: np.ndarray,
-    targets: Sequence[int],
-    probabilities: np.ndarray,
-    classes: Sequence[str],
+    predictions: Predictions,
     count: int = 10,
-    seed: int = 0,
     accuracy: str = "",
 ) -> None:
-    """Log `count` seeded random test images with predicted and actual labels as a PNG."""
+    """Log the `count` test images of the highest loss with predicted and actual labels."""
     if len(images) == 0:
         return
-    pick = gallery_indices(len(images), count, seed)
+    pick = gallery_indices(losses(predictions), count)
     figure = gallery_figure(
         images[pick],
-        np.asarray(targets)[pick],
-        np.asarray(probabilities)[pick],
-        classes,
+        predictions.targets[pick],
+        predictions.probs[pick],
+        predictions.classes,
         accuracy=accuracy,
     )
     run.client.log_figure(run.run_id, figure, GALLERY_FILE, save_kwargs={"bbox_inches": "tight"})

@@ -38,16 +38,16 @@ def log_run_results(
     test_images: Callable[[], Any],
     predictions: Predictions,
     tracking: DictConfig,
-    seed: int,
     accuracy: str = "",
 ) -> None:
-    """Log the learning curves, a gallery of `tracking.gallery_size` test images (`test_images()`:
+    """Log the learning curves, a gallery of the `tracking.gallery_size` test images of highest
+    loss (`test_images()`:
     (N, H, W, C) uint8, an array or an array-like that copies only the rows it is indexed by,
     in the order of `predictions`), and, when `tracking.log_model`, the
     model with two test images as input example. `accuracy`: the test accuracy beside its
     baselines, for the gallery's title. Without `tracking.plots`, neither figure."""
     if tracking.get("plots", True):
-        _log_figures(run, test_images(), predictions, tracking, seed, accuracy)
+        _log_figures(run, test_images(), predictions, tracking, accuracy)
     if tracking.get("log_model", True):
         example = np.asarray(test_images()[:2]).transpose(0, 3, 1, 2)
         _attempt(run, "model", lambda: log_classifier(run, model, example))
@@ -58,7 +58,6 @@ def _log_figures(
     test_images: np.ndarray,
     predictions: Predictions,
     tracking: DictConfig,
-    seed: int,
     accuracy: str,
 ) -> None:
     _attempt(run, "learning_curves", lambda: log_learning_curves(run))
@@ -66,13 +65,6 @@ def _log_figures(
         run,
         "gallery",
         lambda: log_gallery(
-            run,
-            test_images,
-            predictions.targets,
-            predictions.probs,
-            predictions.classes,
-            count=tracking.get("gallery_size", 10),
-            seed=seed,
-            accuracy=accuracy,
+            run, test_images, predictions, tracking.get("gallery_size", 10), accuracy
         ),
     )
