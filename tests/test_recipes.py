@@ -159,6 +159,7 @@ def test_make_passes_the_recipe_and_lets_it_choose_its_data_set() -> None:
 # --- real tiny runs -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a product_screen sweep process, ~25 s: `make test-slow`
 def test_product_screen_runs_its_screen_and_full_runs(product_data: Path, tmp_path: Path) -> None:
     """The recipe as `fashion-sweeps sweep` runs it, narrowed to 2 conditions x 1 epoch."""
     result = fashion_sweeps(

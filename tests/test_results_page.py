@@ -272,6 +272,7 @@ def sweep_row(runs: list, sweep: str, stage: str) -> tuple[str, ...]:
     )
 
 
+@pytest.mark.slow  # two sweep processes, ~30-60 s: `make test-slow`
 def test_a_sweep_recipe_that_was_run_lists_each_sweep_with_its_champion(swept: dict) -> None:
     text = section(swept["text"], "clothing_screen")
     assert "its trials are not listed here" not in text
@@ -297,6 +298,7 @@ def test_a_sweep_recipe_that_was_run_lists_each_sweep_with_its_champion(swept: d
     assert f"| {fmt_duration((end - start) / 1000)} | {machine} |" in lines[1]
 
 
+@pytest.mark.slow  # two sweep processes, ~30-60 s: `make test-slow`
 def test_a_narrowed_sweep_is_listed_with_its_changes_never_as_the_recipe(swept: dict) -> None:
     text = section(swept["text"], "clothing_screen")
     written, changed = text.split("### Runs with changed settings", 1)

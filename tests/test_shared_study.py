@@ -118,6 +118,7 @@ def screen_worker(
     )  # fmt: skip
 
 
+@pytest.mark.slow  # two sweep processes, ~30-60 s: `make test-slow`
 def test_two_workers_on_one_journal_study_train_every_condition_once(
     tmp_path: Path, fmnist_root: Path
 ) -> None:

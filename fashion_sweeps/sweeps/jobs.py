@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
 from fashion_sweeps.config import condition_key
@@ -91,3 +92,9 @@ class StageJobs:
             # The run names its Optuna trial; the trial, its run (sweeper.py, once it ran).
             *([f"++tracking.tags.optuna_trial={job.trial.number}"] if job.trial else []),
         ]
+
+
+def job_dir(ret: JobReturn) -> str | None:
+    """The job's output folder (its run folder), as its Hydra config resolved it."""
+    hydra_cfg = getattr(ret, "hydra_cfg", None)
+    return str(hydra_cfg.hydra.runtime.output_dir) if hydra_cfg is not None else None

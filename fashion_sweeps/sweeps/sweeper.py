@@ -39,7 +39,7 @@ from fashion_sweeps.paths import check_name
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.redact import credentials_to_environment
 from fashion_sweeps.sweeps import identity, stage_run, tables
-from fashion_sweeps.sweeps.jobs import Job, StageJobs
+from fashion_sweeps.sweeps.jobs import Job, StageJobs, job_dir
 from fashion_sweeps.sweeps.select import full_stage
 from fashion_sweeps.sweeps.space import (
     GRID_SAMPLER,
@@ -68,12 +68,6 @@ log = logging.getLogger(__name__)
 # The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it
 # in the same process (no second start of MLflow and torch).
 last_stage: dict[str, str] = {}
-
-
-def job_dir(ret: JobReturn) -> str | None:
-    """The job's output folder (its run folder), as its Hydra config resolved it."""
-    hydra_cfg = getattr(ret, "hydra_cfg", None)
-    return str(hydra_cfg.hydra.runtime.output_dir) if hydra_cfg is not None else None
 
 
 class SweepError(CompactHydraException):
