@@ -130,17 +130,19 @@ def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
             model = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # MlflowException, OSError for a missing local path, ...
         raise ModelUnavailableError(cannot_load(uri, err)) from err
+    # Channels and size images are decoded at: the model's own (its metadata; models logged
+    # before their input schema was dropped carry them in it too), so it need not resize them.
+    facts = model.metadata.metadata or {}
     schema = model.metadata.get_input_schema()
-    shape = schema.inputs[0].shape if schema is not None and schema.is_tensor_spec() else None
-    if shape is None or len(shape) != 4:
+    if schema is not None and schema.is_tensor_spec() and len(schema.inputs[0].shape) == 4:
+        facts = {"channels": schema.inputs[0].shape[1], **facts}
+    if "channels" not in facts or "image_size" not in facts:
         raise ModelUnavailableError(
-            f"The model {uri!r} does not take image batches (its input schema is {schema}): "
-            "use a model logged by `fashion-sweeps train`."
+            f"The model {uri!r} does not say what images it takes (no image_size and channels "
+            f"in its metadata; its input schema is {schema}): use a model logged by "
+            "`fashion-sweeps train`."
         )
-    # The size images are decoded at: the model's own (its metadata; older models' signatures
-    # fixed it), so that the model need not resize them again.
-    size = (model.metadata.metadata or {}).get("image_size", shape[2])
-    return model, int(shape[1]), int(size)
+    return model, int(facts["channels"]), int(facts["image_size"])
 
 
 def engine_of(model) -> str:

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from fashion_sweeps.data.decode import resize_pixels
+from fashion_sweeps.data.decode import resize_like_files
 from fashion_sweeps.inference import engines
 from fashion_sweeps.models.classifier import build_classifier
 from fashion_sweeps.models.module import ClassifierModule
@@ -91,17 +91,15 @@ def test_the_served_model_runs_on_the_engine_the_environment_chooses(
 
 
 def test_images_at_other_sizes_are_resized_as_predict_does(run: TrackedRun) -> None:
-    """A client (`make serve`) may send photos at any size: the model resizes them to its own,
-    as `fashion-sweeps predict` does; the signature says uint8 (N, C, H, W)."""
+    """A client (`make serve`) may send arrays at any size: the model resizes them to its own
+    with the filter `predict` resizes decoded files with; its metadata says size and channels."""
     uri = log_classifier(run, tiny_module(channels=1, size=16).model, images(2, channels=1))
     model = mlflow.pyfunc.load_model(uri)
-    spec = model.metadata.get_input_schema().inputs[0]
-    assert spec.type == np.dtype(np.uint8)
-    assert spec.shape == (-1, 1, -1, -1)
-    assert model.metadata.metadata["image_size"] == 16
+    assert model.metadata.get_input_schema() is None  # files (bytes, base64) and arrays alike
+    assert model.metadata.metadata == {"image_size": 16, "channels": 1}
 
     large = images(2, channels=1, size=40)
-    resized = resize_pixels(large.transpose(0, 2, 3, 1), 16).transpose(0, 3, 1, 2)
+    resized = resize_like_files(large.transpose(0, 2, 3, 1), 16).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(
         model.predict(large)[CLASSES].to_numpy(), model.predict(resized)[CLASSES].to_numpy()
     )

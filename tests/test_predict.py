@@ -213,3 +213,36 @@ def test_the_default_csv_is_named_in_help_and_the_closing_line_says_it_was_repla
     assert main([str(photos), "--tracking-uri", store]) == 0
     out = capsys.readouterr().out
     assert "Rows in predictions.csv (replaced the earlier file; --out to choose another)" in out
+
+
+def test_the_served_model_takes_photo_files_and_gives_predicts_probabilities(
+    store, photos, tmp_path, monkeypatch
+):
+    """A 400x534 photo became a 3 MB JSON list of integers, and the served model's probability
+    differed from `predict`'s (arrays resized by torch, files by PIL with draft mode): files as
+    bytes or base64 text go through predict's own decode."""
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from fashion_sweeps.inference import engines
+
+    monkeypatch.setenv(engines.ENGINE_ENV, "torch")
+    names = ["0.jpg", "1.jpg", "grey.png"]
+    out = tmp_path / "tags.csv"
+    assert main([*(str(photos / n) for n in names), "--tracking-uri", store, "--out", str(out),
+                 "--engine", "torch"]) == 0  # fmt: skip
+    tagged = {Path(r["path"]).name: r for r in rows(out)}
+    model = mlflow.pyfunc.load_model("models:/fashion-classifier@champion")
+    files = [(photos / n).read_bytes() for n in names]
+    text = [base64.b64encode(f).decode("ascii") for f in files]
+    for request in (files, text, pd.DataFrame({"image": text})):
+        served = model.predict(request)
+        for name, (_, row) in zip(names, served.iterrows(), strict=True):
+            assert row["label"] == tagged[name]["label_1"]
+            assert row["probability"] == pytest.approx(
+                float(tagged[name]["probability_1"]), abs=1e-4
+            )
+    with pytest.raises(ValueError, match="Image 1 of the request is not a JPEG or PNG file"):
+        model.predict([files[0], b"not an image"])

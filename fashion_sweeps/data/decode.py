@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,14 +26,35 @@ log = logging.getLogger(__name__)
 PARALLEL_MIN_IMAGES = 256
 
 
-def load_image(path: Path, size: int, mode: str = "RGB") -> np.ndarray:
-    """One image file as an (size, size, C) uint8 array, resized with bicubic filtering."""
+def load_image(path: Path | BinaryIO, size: int, mode: str = "RGB") -> np.ndarray:
+    """One image file (a path, or its bytes as a file object) as an (size, size, C) uint8 array,
+    resized with bicubic filtering: the one decode of training, `predict` and the served model."""
     with Image.open(path) as img:
         # JPEG draft mode decodes at a reduced scale directly: much faster for small targets.
         img.draft(mode, (size, size))
-        img = eight_bit(img).convert(mode).resize((size, size), Image.Resampling.BICUBIC)
-        array = np.asarray(img, dtype=np.uint8)
+        return as_array(resize_image(eight_bit(img).convert(mode), size))
+
+
+def resize_image(img: Image.Image, size: int) -> Image.Image:
+    return img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def as_array(img: Image.Image) -> np.ndarray:
+    array = np.asarray(img, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
+
+
+def resize_like_files(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, C) uint8 images resized as `load_image` resizes a decoded file (PIL bicubic),
+    for the served model's array inputs."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    for i, image in enumerate(images):
+        grey = image.shape[2] == 1
+        img = Image.fromarray(image[..., 0] if grey else image, "L" if grey else "RGB")
+        out[i] = as_array(resize_image(img, size))
+    return out
 
 
 # Greyscale modes of more than 8 bits (16-bit PNGs open as I;16*, some as 32-bit I): PIL's
@@ -129,7 +151,8 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
 
     out = np.empty((len(pixels), size, size, pixels.shape[3]), dtype=np.uint8)
     for start in range(0, len(pixels), 4096):
-        batch = torch.from_numpy(pixels[start : start + 4096]).permute(0, 3, 1, 2).float()
+        # A copy: torch.from_numpy warns on a read-only array (a memory map, a request).
+        batch = torch.from_numpy(np.array(pixels[start : start + 4096])).permute(0, 3, 1, 2).float()
         resized = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True)
         out[start : start + 4096] = resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1)
     return out

@@ -54,7 +54,8 @@ class LoggedModel:
 def _channels(info) -> int:
     """The image channels the model takes: its metadata, else its signature (older models)."""
     channels = (info.metadata or {}).get("channels")
-    if channels is None and info.signature is not None and info.signature.inputs.is_tensor_spec():
+    inputs = info.signature.inputs if info.signature is not None else None
+    if channels is None and inputs is not None and inputs.is_tensor_spec():
         channels = info.signature.inputs.inputs[0].shape[1]
     if channels is None:
         raise ExportError(

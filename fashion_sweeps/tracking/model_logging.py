@@ -8,6 +8,8 @@ pyfunc wrapper: the PyTorch flavor's own pyfunc returns bare tensors, while user
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import os
 import tempfile
@@ -21,10 +23,10 @@ import mlflow.pytorch
 import numpy as np
 import pandas as pd
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 from torch import nn
 
-from fashion_sweeps.data.decode import resize_pixels
+from fashion_sweeps.data.decode import load_image, resize_like_files
 from fashion_sweeps.inference import engines
 from fashion_sweeps.inference.engines import Compiled, Engine, Rechecked, compile_probabilities
 from fashion_sweeps.models.classifier import Classifier
@@ -51,12 +53,16 @@ for _name in ("mlflow.pytorch", "mlflow.pyfunc"):
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """uint8 images (N, C, H, W) in, at any size (resized to the model's, as `fashion-sweeps
-    predict` does); per image a row with the predicted `label`, its `probability`, and one
-    probability column per class name. The forward pass runs on the inference engine the
+    """Images in: JPEG/PNG files as bytes or base64 text (a list, or a DataFrame's first column:
+    decoded as `fashion-sweeps predict` decodes files, so the probabilities are the same), or
+    uint8 arrays (N, C, H, W) at any size (resized with the same filter); per image a row with
+    the predicted `label`, its `probability`, and one probability column per class name. The forward pass runs on the inference engine the
     environment chooses when the model loads (inference/engines.py: OpenVINO on a CPU unless
     FASHION_SWEEPS_INFERENCE_ENGINE says otherwise), compiled at the first batch of each shape; in
     bf16, images whose two best classes are close are computed again in f32."""
+
+    def __init__(self, channels: int = 3) -> None:
+        self.channels = channels  # of the images it was trained on: 1 decodes files as grey
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model: Classifier = mlflow.pytorch.load_model(
@@ -80,7 +86,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        images = at_size(np.asarray(model_input), self.model.image_size).transpose(0, 2, 3, 1)
+        images = model_images(model_input, self.model.image_size, self.channels)
         compiled = self._compiled.get(images.shape[1:])
         if compiled is None:
             compiled = compile_probabilities(
@@ -92,12 +98,29 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         return probability_frame(compiled.map(images, BATCH, out), self.model.classes)
 
 
-def at_size(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, C, H, W) uint8 images resized to (N, C, size, size) the way training and `predict`
-    resize (bicubic, antialiased); images at the size already are returned as they are."""
-    if images.shape[2:] == (size, size):
-        return images
-    return resize_pixels(images.transpose(0, 2, 3, 1), size).transpose(0, 3, 1, 2)
+def model_images(model_input: Any, size: int, channels: int) -> np.ndarray:
+    """The pyfunc's input as (N, size, size, C) uint8 images (see ClassifierPyfunc)."""
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.iloc[:, 0].tolist()
+    array = np.asarray(model_input)
+    if array.dtype.kind in "SUO":  # files: bytes or base64 text
+        mode = "L" if channels == 1 else "RGB"
+        decoded = [decode_file(item, i, size, mode) for i, item in enumerate(array.ravel())]
+        return np.stack(decoded) if decoded else np.zeros((0, size, size, channels), np.uint8)
+    return resize_like_files(array.transpose(0, 2, 3, 1), size)
+
+
+def decode_file(item: Any, index: int, size: int, mode: str) -> np.ndarray:
+    """One JPEG/PNG file's bytes (or their base64 text) decoded as `predict` decodes files."""
+    try:
+        data = base64.b64decode(item, validate=True) if isinstance(item, str) else bytes(item)
+        return load_image(io.BytesIO(data), size, mode)
+    except Exception as err:  # binascii.Error, PIL's many types
+        raise ValueError(
+            f"Image {index} of the request is not a JPEG or PNG file ({type(err).__name__}: "
+            f"{err}): send each photo's file bytes, base64-encoded in JSON, or uint8 arrays "
+            "(N, C, H, W)."
+        ) from err
 
 
 def probabilities_of(model: Classifier) -> nn.Module:
@@ -120,13 +143,13 @@ def signature(model: Classifier, channels: int) -> ModelSignature:
             f"Class name(s) {clashes} clash with the model's output columns {OUTPUT_COLUMNS}: "
             "rename those classes in the data set (e.g. with a label map) before training."
         )
-    # Any height and width: the pyfunc resizes (the model's own size is in its metadata).
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, -1, -1))])
+    # No input schema: MLflow would refuse either files (bytes, base64 text) or uint8 arrays
+    # (N, C, H, W) at any size; the pyfunc reads both, and its metadata has size and channels.
     outputs = Schema(
         [ColSpec("string", "label"), ColSpec("double", "probability")]
         + [ColSpec("double", name) for name in model.classes]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=None, outputs=outputs)
 
 
 def requirements() -> list[str]:
@@ -167,7 +190,7 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
             name=MODEL_NAME,
             flavor=mlflow.pyfunc,
             run_id=run.run_id,
-            python_model=ClassifierPyfunc(),
+            python_model=ClassifierPyfunc(int(example.shape[1])),
             artifacts={"classifier": str(torch_dir)},
             signature=signature(model, example.shape[1]),
             input_example=np.ascontiguousarray(example, dtype=np.uint8),
