@@ -246,3 +246,22 @@ def test_the_served_model_takes_photo_files_and_gives_predicts_probabilities(
             )
     with pytest.raises(ValueError, match="Image 1 of the request is not a JPEG or PNG file"):
         model.predict([files[0], b"not an image"])
+
+
+def test_the_endpoint_answers_base64_photos_and_names_a_bad_one(store, photos) -> None:
+    """`make serve`'s scoring app, as the docs' curl example calls it."""
+    import base64
+
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+    from starlette.testclient import TestClient
+
+    app = scoring_server.init(mlflow.pyfunc.load_model("models:/fashion-classifier@champion"))
+    photo = base64.b64encode((photos / "0.jpg").read_bytes()).decode("ascii")
+    answer = TestClient(app).post("/invocations", json={"inputs": [photo, photo]})
+    assert answer.status_code == 200
+    assert [set(p) >= {"label", "probability"} for p in answer.json()["predictions"]] == [True] * 2
+    bad = base64.b64encode(b"not an image").decode("ascii")
+    answer = TestClient(app).post("/invocations", json={"inputs": [photo, bad]})
+    assert answer.status_code == 400
+    assert "Image 1 of the request is not a JPEG or PNG file" in answer.json()["message"]

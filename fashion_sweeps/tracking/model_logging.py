@@ -22,7 +22,9 @@ import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 from torch import nn
 
@@ -98,6 +100,13 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         return probability_frame(compiled.map(images, BATCH, out), self.model.classes)
 
 
+class RequestError(MlflowException, ValueError):
+    """A request item the model cannot read: the scoring server answers 400 with the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def model_images(model_input: Any, size: int, channels: int) -> np.ndarray:
     """The pyfunc's input as (N, size, size, C) uint8 images (see ClassifierPyfunc)."""
     if isinstance(model_input, pd.DataFrame):
@@ -116,7 +125,7 @@ def decode_file(item: Any, index: int, size: int, mode: str) -> np.ndarray:
         data = base64.b64decode(item, validate=True) if isinstance(item, str) else bytes(item)
         return load_image(io.BytesIO(data), size, mode)
     except Exception as err:  # binascii.Error, PIL's many types
-        raise ValueError(
+        raise RequestError(
             f"Image {index} of the request is not a JPEG or PNG file ({type(err).__name__}: "
             f"{err}): send each photo's file bytes, base64-encoded in JSON, or uint8 arrays "
             "(N, C, H, W)."
