@@ -107,6 +107,9 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
     check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
     tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
+    # A SIGTERM that came after the sweep's last check: stop before a run exists (the stage
+    # records the condition as abandoned), not after it opened and is left KILLED.
+    interrupts.check()
     # A new MLflow run; or, in a folder an interrupted job left, its run and last checkpoint.
     job = open_job_run(
         cfg,

@@ -160,3 +160,20 @@ def test_a_first_sigterm_asks_to_stop_and_a_second_stops_at_once() -> None:
     assert done.stdout.splitlines() == ["after one: True", "child: 7", "after two: SIGTERM 143"], (
         done.stdout + done.stderr
     )
+
+
+def test_a_sigterm_before_a_run_opens_stops_it_before_any_mlflow_run(
+    make_cfg, clothing_root, monkeypatch
+) -> None:
+    """A SIGTERM between conditions (after the sweep's check, ~100 ms before the next job's run
+    opened) started that condition's run and left it KILLED."""
+    from fashion_sweeps import interrupts
+    from fashion_sweeps.tracking.runs import tracking_uri
+    from fashion_sweeps.train import train
+
+    monkeypatch.setattr(interrupts, "_pending", [signal.SIGTERM])  # what the handler deferred
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", *TINY[1:])
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
