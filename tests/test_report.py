@@ -109,9 +109,15 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
     assert "Top losses: the test images it got most confidently wrong" in best
 
 
-def test_html_is_self_contained(report) -> None:
+def test_html_is_self_contained_and_links_each_run_to_mlflow(report) -> None:
+    """It loads nothing from elsewhere (opens offline); each table row links to its run in the
+    MLflow UI (it had no links), by the run id it shows."""
     html = report["html"]
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)  # base64 holds '/'
+    links = re.findall(r'<a href="([^"]*)">([0-9a-f]{8})</a>', text)
+    assert links and all(url.startswith("http://127.0.0.1:5000/#/runs/") for url, _ in links)
+    assert all(url.rsplit("/", 1)[1].startswith(short) for url, short in links)
+    text = re.sub(r'<a href="[^"]*">', "", text)
     assert not re.search(r"(https?:)?//[a-z0-9]", text, re.IGNORECASE)
     assert "href=" not in text and "@import" not in text and "url(" not in text
     sources = re.findall(r'src="([^"]*)"', html)
@@ -166,3 +172,22 @@ def test_without_a_name_the_latest_sweep_is_reported(sweep, tmp_path, capsys) ->
     assert main(["--tracking-uri", sweep["uri"], "--out", str(tmp_path), "--no-register"]) == 0
     assert "Report of sweep 'tiny'" in capsys.readouterr().out
     assert (tmp_path / "report.html").is_file()
+
+
+def test_each_column_keeps_its_decimals_and_the_ui_follows_the_store() -> None:
+    """Numbers came as `{:.4g}` (0.5, 1.235, 0.001 in one column); links need the UI's address."""
+    import numpy as np
+    import pandas as pd
+
+    from fashion_sweeps.sweeps.report_pages import table_html
+    from fashion_sweeps.sweeps.stored_sweep import ui_url
+
+    table = pd.DataFrame({"lr": [0.1, 0.001], "val_loss": [0.5, 1.23456], "best_epoch": [3.0, np.nan],
+                          "head": ["<fc>", "bn"]})  # fmt: skip
+    cells = re.findall(r"<td>([^<]*)</td>", table_html(table, "http://x"))
+    assert cells == ["0.1", "0.5000", "3", "&lt;fc&gt;", "0.001", "1.2346", "—", "bn"]
+    assert ui_url("sqlite:////a/mlruns/mlflow.db") == "http://127.0.0.1:5000"
+    assert (
+        ui_url("https://user:secret@mlflow.example:8443/base/")
+        == "https://mlflow.example:8443/base"
+    )

@@ -15,7 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.sweeps.report_pages import Report, Section
-from fashion_sweeps.sweeps.stored_sweep import artifact_bytes, champion, stage_parents, stage_runs
+from fashion_sweeps.sweeps.stored_sweep import (
+    artifact_bytes,
+    champion,
+    stage_parents,
+    stage_runs,
+    ui_url,
+)
 from fashion_sweeps.sweeps.tables import comparison_table, ranking_table
 from fashion_sweeps.tracking.plots import (
     CURVES_FILE,
@@ -91,7 +97,9 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
             ["train_loss", "val_loss", "test_loss"],
             ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1_weighted"],
         ]
-        images.append(("Full runs", png_bytes(comparison_figure(names, metrics, panels))))
+        chance = runs[0].data.metrics.get("chance_acc") if runs else None  # one data set
+        figure = comparison_figure(names, metrics, panels, chance)
+        images.append(("Full runs (dotted: the chance level)", png_bytes(figure)))
     return [
         Section(
             "Full runs",
@@ -140,7 +148,7 @@ def build_report(
     """The report's sections, and the stage parent runs it describes."""
     parents = stage_parents(client, sweep)
     runs = {stage: stage_runs(client, parent) for stage, parent in parents.items()}
-    report = Report(sweep, [])
+    report = Report(sweep, [], ui=ui_url(client.tracking_uri))
     if "screen" in runs:
         report.sections += screen_sections(client, runs["screen"])
     else:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fashion_sweeps import markdown
@@ -28,6 +30,26 @@ class Report:
     sweep: str
     sections: list[Section]
     notes: list[str] = field(default_factory=list)
+    ui: str = "http://127.0.0.1:5000"  # the MLflow UI each run_id links to (stored_sweep.ui_url)
+
+
+def run_link(ui: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (its experiment-free route)."""
+    return f"{ui.rstrip('/')}/#/runs/{run_id}"
+
+
+def linked_runs(table: pd.DataFrame, ui: str, html_link: bool) -> pd.DataFrame:
+    """`run_id` cells as links to the MLflow UI, showing the id's first 8 characters."""
+    if "run_id" not in table.columns:
+        return table
+    short = table["run_id"].astype(str)
+    if html_link:
+        cells = [
+            f'<a href="{html.escape(run_link(ui, r))}">{html.escape(r[:8])}</a>' for r in short
+        ]
+    else:
+        cells = [f"[{r[:8]}]({run_link(ui, r)})" for r in short]
+    return table.assign(run_id=cells)
 
 
 STYLE = """
@@ -48,9 +70,34 @@ figcaption { color: #57606a; font-size: .9rem; }
 """
 
 
-def table_html(table: pd.DataFrame) -> str:
-    inner = table.to_html(index=False, border=0, na_rep="—", float_format=lambda v: f"{v:.4g}")
+def table_html(table: pd.DataFrame, ui: str) -> str:
+    # Cells escaped here (a class name may hold `<`), so that the links can stay HTML.
+    escaped = table.apply(
+        lambda col: col.map(lambda v: html.escape(v) if isinstance(v, str) else v)
+    )
+    linked = linked_runs(escaped, ui, html_link=True)
+    inner = linked.to_html(
+        index=False, border=0, na_rep="—", formatters=column_formats(table), escape=False
+    )
     return f'<div class="scroll">{inner}</div>'
+
+
+def column_formats(table: pd.DataFrame) -> dict[str, Callable[[object], str]]:
+    """Fixed decimals per column, so that a column's figures line up: learning rates as written
+    (0.001), whole numbers (epochs, counts) without decimals, other figures to 4 decimals."""
+    formats: dict[str, Callable[[object], str]] = {}
+    for name in table.columns:
+        values = pd.to_numeric(table[name], errors="coerce")
+        if table[name].dtype.kind != "f" or values.isna().all():
+            continue
+        finite = values[np.isfinite(values)]
+        if name == "lr":
+            formats[name] = "{:g}".format
+        elif len(finite) and (finite == finite.round()).all():
+            formats[name] = "{:.0f}".format
+        else:
+            formats[name] = "{:.4f}".format
+    return formats
 
 
 def render_html(report: Report, created: str) -> str:
@@ -67,7 +114,7 @@ def render_html(report: Report, created: str) -> str:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
             parts.append(f"<p>{html.escape(section.text)}</p>")
-        parts += [table_html(table) for table in section.tables]
+        parts += [table_html(table, report.ui) for table in section.tables]
         for caption, data in section.images:
             encoded = base64.b64encode(data).decode("ascii")
             parts.append(
@@ -91,7 +138,10 @@ def render_markdown(report: Report, created: str, image_dir: str = "images") -> 
         lines += [f"## {section.title}", ""]
         if section.text:
             lines += [section.text, ""]
-        lines += [markdown.frame_table(table) + "\n" for table in section.tables]
+        lines += [
+            markdown.frame_table(linked_runs(table, report.ui, html_link=False)) + "\n"
+            for table in section.tables
+        ]
         lines += [
             f"![{caption}]({image_dir}/{image_name(section, i)})\n"
             for i, (caption, _) in enumerate(section.images)

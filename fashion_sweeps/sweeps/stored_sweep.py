@@ -9,6 +9,7 @@ import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -90,3 +91,17 @@ def artifact_bytes(client: MlflowClient, run_id: str, path: str) -> bytes | None
         except Exception:  # absent artifacts raise store-specific errors
             return None
         return Path(local).read_bytes()
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # `make ui` over a local store
+
+
+def ui_url(tracking_uri: str) -> str:
+    """The MLflow UI of a store: a tracking server serves its own (its address, credentials
+    left out); a local store's is `make ui`'s."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return LOCAL_UI
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    return urlunparse((parsed.scheme, netloc, parsed.path.rstrip("/"), "", "", ""))

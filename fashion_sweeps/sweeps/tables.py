@@ -81,10 +81,11 @@ def ranking_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
                 "val_accuracy": values["val_acc"],
                 "train_accuracy": values["train_acc"],
                 "status": run.data.tags.get("status", run.info.status.lower()),
+                "run_id": run.info.run_id,
             }
         )
     columns = [*CONDITION_COLUMNS, "val_loss", "train_loss", "val_accuracy", "train_accuracy"]
-    columns += ["status"]
+    columns += ["status", "run_id"]
     return _ordered(rows, columns)
 
 
@@ -107,11 +108,12 @@ def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
                 "best_epoch": logged.get("best_epoch", math.nan),  # from 1, as logged
                 "epochs_run": logged.get("epochs_run", math.nan),
                 "status": run.data.tags.get("status", run.info.status.lower()),
+                "run_id": run.info.run_id,
             }
         )
     columns = [*CONDITION_COLUMNS, "train_loss", "val_loss", "test_loss", "train_accuracy"]
     columns += ["val_accuracy", "test_accuracy"]
-    columns += ["test_f1_weighted", "best_epoch", "epochs_run", "status"]
+    columns += ["test_f1_weighted", "best_epoch", "epochs_run", "status", "run_id"]
     return _ordered(rows, columns)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -40,8 +41,17 @@ def epoch_histories(
     }
 
 
-def learning_curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
-    """Loss and accuracy per epoch, train against validation, side by side."""
+def chance_line(ax: Any, chance: float | None) -> None:
+    """The chance level (a uniform guess, 1 / classes) across an accuracy chart."""
+    if chance is not None and math.isfinite(chance):
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance {chance:.3f}")
+
+
+def learning_curves_figure(
+    histories: Mapping[str, Sequence[tuple[int, float]]], chance: float | None = None
+) -> Figure:
+    """Loss and accuracy per epoch, train against validation, side by side; `chance` drawn
+    across the accuracy chart."""
     fig = Figure(figsize=(10, 4))
     for ax, (title, train_key, val_key) in zip(fig.subplots(1, 2), CURVES, strict=True):
         for key, style in ((train_key, "o-"), (val_key, "s--")):
@@ -49,6 +59,8 @@ def learning_curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]])
             if points:
                 epochs, values = zip(*points, strict=True)
                 ax.plot(epochs, values, style, label=key)
+        if title == "accuracy" and ax.has_data():
+            chance_line(ax, chance)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -132,10 +144,13 @@ def lr_figure(series: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
 
 
 def comparison_figure(
-    names: Sequence[str], metrics: Mapping[str, Sequence[float]], panels: Sequence[Sequence[str]]
+    names: Sequence[str],
+    metrics: Mapping[str, Sequence[float]],
+    panels: Sequence[Sequence[str]],
+    chance: float | None = None,
 ) -> Figure:
     """Grouped bars: one panel per group of metric names (e.g. losses, accuracies), one bar
-    group per model."""
+    group per model; `chance` drawn across the panels of accuracies."""
     fig = Figure(figsize=(max(8, 1.6 * len(names) * len(panels)), 4.5))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     x = np.arange(len(names))
@@ -146,6 +161,8 @@ def comparison_figure(
             values = np.asarray(metrics[key], dtype=float)
             bars = ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width, label=key)
             ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
+        if any("acc" in k for k in keys):
+            chance_line(ax, chance)
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
         ax.margins(y=0.2)
         ax.legend(fontsize=8)
@@ -163,7 +180,8 @@ GALLERY_FILE = "plots/gallery.png"
 def log_learning_curves(run: TrackedRun) -> None:
     """Read the run's per-epoch metrics back from MLflow and log their curves as a PNG."""
     keys = [key for _, *pair in CURVES for key in pair]
-    figure = learning_curves_figure(epoch_histories(run.client, run.run_id, keys))
+    chance = run.client.get_run(run.run_id).data.metrics.get("chance_acc")
+    figure = learning_curves_figure(epoch_histories(run.client, run.run_id, keys), chance)
     run.client.log_figure(run.run_id, figure, CURVES_FILE, save_kwargs={"bbox_inches": "tight"})
 
 
