@@ -95,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fashion-sweeps: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2
+    if name in HYDRA_APPS and not set(rest) & {"-h", "--help", "--cfg", "-c", "--info"}:
+        from fashion_sweeps.output_folders import OutputFolderError, check_output_folder
+
+        try:
+            check_output_folder(rest)
+        except OutputFolderError as err:
+            print(f"fashion-sweeps {name}: {err}", file=sys.stderr)
+            return 1
     # Hydra apps read sys.argv themselves.
     sys.argv = [f"fashion-sweeps {name}", *rest]
     target = COMMANDS[name][0]

@@ -142,3 +142,15 @@ def test_completing_an_override_does_not_load_the_training_stack() -> None:
     code = "from fashion_sweeps.cli import main; main(['-sc', 'query=bash'])"
     env = {"COMP_LINE": "fashion-sweeps train datas"}
     assert loaded_after(code, env) == []
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_an_output_folder_that_cannot_be_written_is_one_paragraph(command, capsys) -> None:
+    """Hydra's own attempt to make it ended in a 30-line traceback."""
+    from fashion_sweeps.cli import main
+
+    key = "hydra.run.dir" if command == "train" else "hydra.sweep.dir"
+    assert main([command, "dataset=clothing_sample", f"{key}=/proc/no/such/run"]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith(f"fashion-sweeps {command}: Cannot write the output folder /proc/no/")
+    assert f"give {key}=<a folder you can write>" in said and "Traceback" not in said
