@@ -16,6 +16,7 @@ import time
 
 import optuna
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from fashion_sweeps.settings import config_params
@@ -141,4 +142,7 @@ def log_settings(parent: TrackedRun, settings: DictConfig, grid: dict[str, str])
     values = {f"sweep.{k}": v for k, v in config_params(settings).items()}
     values.update({f"grid.{key.lstrip('+~')}": choices for key, choices in grid.items()})
     held = parent.client.get_run(parent.run_id).data.params
-    parent.log_params({k: v for k, v in values.items() if k not in held})
+    try:
+        parent.log_params({k: v for k, v in values.items() if k not in held})
+    except MlflowException as err:  # another worker logged other values first: theirs stay
+        log.warning("The stage parent keeps the settings first logged (%s)", err.message)
