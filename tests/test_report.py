@@ -79,7 +79,7 @@ def report(sweep) -> dict:
 
 
 def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
-    html = report["html"]
+    html = report["html"].replace("<wbr>", "")  # headers may break after an underscore
     sections = re.findall(r"<h2>(.*?)</h2>", html)
     assert sections == [
         "Screen ranking",
