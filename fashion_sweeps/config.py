@@ -105,3 +105,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
             "its options (`fashion-sweeps train --help` lists them) or a module of your own "
             "under fashion_sweeps."
         ) from err
+
+
+def image_cache_dir(cfg: DictConfig) -> str | None:
+    """Where decoded images are kept between runs (conf/cache/), None when that cache is off."""
+    cache = cfg.get("cache") or {}
+    return cache.get("dir") if cache.get("images") else None

@@ -8,7 +8,7 @@ sweep condition's folder): every file a run writes there or reads back is named 
         knn.ckpt              head=knn: the stored training features, nothing trained (models/knn.py)
         *.damaged-<time>      a checkpoint torch could not open, set aside
     results.csv               one row per epoch: its train and validation metrics (trainer/epoch_table.py)
-    results.png               the learning curves from those rows (runs that draw figures: tracking.plots)
+    results.png               the learning curves, as logged (tracking/plots.py; runs that draw figures)
     evaluation/               the test split's evaluation files (also logged to MLflow)
     backbone.pth              `fashion-sweeps export-backbone`'s file (models/export.py)
     .data_ready.<launch>      rank 0's word to the other DDP ranks: the data is prepared
@@ -16,8 +16,10 @@ sweep condition's folder): every file a run writes there or reads back is named 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -39,6 +41,12 @@ WITHOUT_BACKBONE = "fashion_sweeps_without_backbone"
 
 def record(folder: Path) -> Path:
     return folder / RECORD
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The folder's record (`mlflow_run.json`: run id, status, identity), None without one."""
+    path = record(folder)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def checkpoints(folder: Path) -> Path:

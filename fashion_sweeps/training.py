@@ -28,6 +28,7 @@ from fashion_sweeps.config import (
     component_name,
     condition,
     condition_key,
+    image_cache_dir,
 )
 from fashion_sweeps.console_log import drop_basic_config
 from fashion_sweeps.data.datamodule import (
@@ -77,12 +78,6 @@ from fashion_sweeps.trainer.speed import Speed, resolve_speed
 
 log = logging.getLogger(__name__)
 drop_basic_config()  # left by importing mlflow.pytorch above
-
-
-def image_cache_dir(cfg: DictConfig) -> str | None:
-    """Where decoded images are kept between runs (conf/cache/), None when that cache is off."""
-    cache = cfg.get("cache") or {}
-    return cache.get("dir") if cache.get("images") else None
 
 
 def inference_engine(cfg: DictConfig) -> Engine:
@@ -187,7 +182,7 @@ def _fit_and_test(
         cfg.trainer,
         out,
         logger=run.lightning_logger(),
-        callbacks=[clock, EpochTable(out, cfg.tracking.plots), *(callbacks or [])],
+        callbacks=[clock, EpochTable(out), *(callbacks or [])],
         precision=speed.precision,
     )
     check_relaunch_possible(trainer)
@@ -373,6 +368,8 @@ def _test(
         predictions,
         cfg.tracking,
         accuracy,
+        floor["chance_acc"],
+        run_folder.output_dir(cfg),
     )
     run.set_tags({"status": "finished"})
     run.log_metrics({"teardown_s": clock.teardown_s()})

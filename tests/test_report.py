@@ -191,3 +191,25 @@ def test_each_column_keeps_its_decimals_and_the_ui_follows_the_store() -> None:
         ui_url("https://user:secret@mlflow.example:8443/base/")
         == "https://mlflow.example:8443/base"
     )
+
+
+def test_the_chance_level_reaches_the_full_runs_chart(sweep, monkeypatch) -> None:
+    """The chart was to draw the chance level, but read a metric no run logs (`chance_acc`;
+    runs log `test_chance_acc`), so it never drew it."""
+    from mlflow.tracking import MlflowClient
+
+    from fashion_sweeps.sweeps import report_content
+    from fashion_sweeps.sweeps.stored_sweep import stage_parents, stage_runs
+
+    drawn = {}
+    original = report_content.comparison_figure
+    monkeypatch.setattr(
+        report_content,
+        "comparison_figure",
+        lambda *args: drawn.setdefault("chance", args[3]) and original(*args),
+    )
+    client = MlflowClient(sweep["uri"])
+    runs = stage_runs(client, stage_parents(client, "tiny")["full"])
+    report_content.full_sections(client, runs)
+    assert drawn["chance"] == pytest.approx(runs[0].data.metrics["test_chance_acc"])
+    assert 0 < drawn["chance"] < 1

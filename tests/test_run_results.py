@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -123,3 +124,21 @@ def test_figures_can_be_switched_off_and_the_tables_stay(
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/per_class.csv" in evaluation
     assert not [p for p in evaluation if p.endswith(".png")]
+
+
+def test_the_learning_curves_draw_the_chance_level(make_cfg, clothing_root, monkeypatch) -> None:
+    """Passed from the test's baselines (the curves read `chance_acc`, which no run logs)."""
+    from fashion_sweeps.tracking import plots
+
+    drawn = []
+    original = plots.learning_curves_figure
+    monkeypatch.setattr(
+        plots, "learning_curves_figure", lambda h, chance=None: drawn.append(chance) or original(h)
+    )
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", "backbone=mlp",
+                   "dataset.image_size=16", "trainer.max_epochs=1", "tracking.log_model=false")  # fmt: skip
+    train(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert drawn == [pytest.approx(run.data.metrics["test_chance_acc"])]
+    assert 0 < drawn[0] < 1

@@ -61,9 +61,9 @@ def read_test_split(
 ) -> np.ndarray:
     """The test split (N, H, W, C) uint8 of the run that logged the model, read as it read it
     (its data set, seed and image cache)."""
+    from fashion_sweeps.config import image_cache_dir
     from fashion_sweeps.data.datamodule import prepare_arrays
     from fashion_sweeps.data.sources import DataError
-    from fashion_sweeps.training import image_cache_dir
 
     cfg = with_dataset_root(run_config(client, run_id), root)
     try:

@@ -97,7 +97,7 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
             ["train_loss", "val_loss", "test_loss"],
             ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1_weighted"],
         ]
-        chance = runs[0].data.metrics.get("chance_acc") if runs else None  # one data set
+        chance = runs[0].data.metrics.get("test_chance_acc") if runs else None  # one data set
         figure = comparison_figure(names, metrics, panels, chance)
         images.append(("Full runs (dotted: the chance level)", png_bytes(figure)))
     return [

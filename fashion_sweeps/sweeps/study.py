@@ -32,7 +32,6 @@ SLURM job) or its process is dead on this host, else once the heartbeat is 10 mi
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -165,11 +164,10 @@ def finish_trial(study: optuna.Study, trial: Trial, outcome: str, value: float |
 def link_run(trial: Trial, job_dir: str | None) -> None:
     """The trial's MLflow run id as its user attribute `mlflow_run_id`, read from the record the
     job left in its folder (none for a job that failed before opening its run)."""
-    record = run_folder.record(Path(job_dir)) if job_dir else None
-    if record is None or not record.is_file():
-        return
     with contextlib.suppress(OSError, ValueError):
-        trial.set_user_attr(MLFLOW_RUN, json.loads(record.read_text())["run_id"])
+        record = run_folder.read_record(Path(job_dir)) if job_dir else None
+        if record is not None:
+            trial.set_user_attr(MLFLOW_RUN, record["run_id"])
 
 
 def outcome_of(value: Any) -> tuple[str, float | None]:

@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps import run_folder
 from fashion_sweeps.redact import redact
-from fashion_sweeps.run_folder import RECORD
+from fashion_sweeps.run_folder import RECORD, read_record
 from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
@@ -50,11 +50,6 @@ def identity(cfg: DictConfig) -> dict[str, str]:
     return {
         k: v for k, v in result_settings(config_params(cfg)).items() if k not in CONTINUABLE_KEYS
     }
-
-
-def read_record(output_dir: Path) -> dict[str, Any] | None:
-    path = run_folder.record(output_dir)
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:

@@ -88,7 +88,9 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        images = model_images(model_input, self.model.image_size, self.channels)
+        # Models logged before `channels` was kept (colour ones: grey models predate it too).
+        channels = getattr(self, "channels", 3)
+        images = model_images(model_input, self.model.image_size, channels)
         compiled = self._compiled.get(images.shape[1:])
         if compiled is None:
             compiled = compile_probabilities(

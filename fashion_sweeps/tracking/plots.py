@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps import run_folder
 from fashion_sweeps.evaluation import Predictions, losses
 from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
@@ -177,12 +179,16 @@ CURVES_FILE = "plots/learning_curves.png"
 GALLERY_FILE = "plots/gallery.png"
 
 
-def log_learning_curves(run: TrackedRun) -> None:
-    """Read the run's per-epoch metrics back from MLflow and log their curves as a PNG."""
+def log_learning_curves(
+    run: TrackedRun, chance: float | None = None, folder: Path | None = None
+) -> None:
+    """Read the run's per-epoch metrics back from MLflow and log their curves as a PNG, the
+    `chance` level across the accuracy chart; the same file as `results.png` in `folder`."""
     keys = [key for _, *pair in CURVES for key in pair]
-    chance = run.client.get_run(run.run_id).data.metrics.get("chance_acc")
     figure = learning_curves_figure(epoch_histories(run.client, run.run_id, keys), chance)
     run.client.log_figure(run.run_id, figure, CURVES_FILE, save_kwargs={"bbox_inches": "tight"})
+    if folder is not None:
+        figure.savefig(run_folder.results_figure(folder), bbox_inches="tight")
 
 
 def log_gallery(

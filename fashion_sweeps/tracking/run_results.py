@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,15 +40,18 @@ def log_run_results(
     predictions: Predictions,
     tracking: DictConfig,
     accuracy: str = "",
+    chance: float | None = None,
+    folder: Path | None = None,
 ) -> None:
     """Log the learning curves, a gallery of the `tracking.gallery_size` test images of highest
     loss (`test_images()`:
     (N, H, W, C) uint8, an array or an array-like that copies only the rows it is indexed by,
     in the order of `predictions`), and, when `tracking.log_model`, the
     model with two test images as input example. `accuracy`: the test accuracy beside its
-    baselines, for the gallery's title. Without `tracking.plots`, neither figure."""
+    baselines, for the gallery's title; `chance`: the chance level drawn on the curves, also
+    written to `folder` (the run folder's results.png). Without `tracking.plots`, neither figure."""
     if tracking.get("plots", True):
-        _log_figures(run, test_images(), predictions, tracking, accuracy)
+        _log_figures(run, test_images(), predictions, tracking, accuracy, chance, folder)
     if tracking.get("log_model", True):
         example = np.asarray(test_images()[:2]).transpose(0, 3, 1, 2)
         _attempt(run, "model", lambda: log_classifier(run, model, example))
@@ -59,8 +63,10 @@ def _log_figures(
     predictions: Predictions,
     tracking: DictConfig,
     accuracy: str,
+    chance: float | None,
+    folder: Path | None,
 ) -> None:
-    _attempt(run, "learning_curves", lambda: log_learning_curves(run))
+    _attempt(run, "learning_curves", lambda: log_learning_curves(run, chance, folder))
     _attempt(
         run,
         "gallery",

@@ -1,14 +1,13 @@
-"""`results.csv` and `results.png` in the run folder, as Ultralytics writes them without asking:
-one row per epoch (its train and validation metrics, seconds), and the learning curves drawn
-from those rows. The table is rewritten whole after every epoch, so a killed run keeps every
-finished epoch and a continued run's epoch trained again replaces its row.
+"""`results.csv` in the run folder, as Ultralytics writes it without asking: one row per epoch
+(its train and validation metrics, seconds). The table is rewritten whole after every epoch, so
+a killed run keeps every finished epoch and a continued run's epoch trained again replaces its
+row. Its figure, `results.png`, is the run's learning curves (tracking/plots.py), drawn once.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -21,10 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class EpochTable(Callback):
-    """`results.csv` after each epoch; `results.png` when training ends, if `curves`."""
+    """`results.csv` after each epoch."""
 
-    def __init__(self, folder: Path, curves: bool) -> None:
-        self.path, self.curves = run_folder.results_table(folder), curves
+    def __init__(self, folder: Path) -> None:
+        self.path = run_folder.results_table(folder)
         self.rows: list[dict[str, float]] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -43,10 +42,6 @@ class EpochTable(Callback):
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         self.rows.append(row)
         write_rows(self.path, self.rows)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.curves and trainer.is_global_zero and self.rows:
-            draw_curves(self.rows, run_folder.results_figure(self.path.parent))
 
 
 PREFIXES = ("train_", "val_")
@@ -69,14 +64,3 @@ def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
-
-
-def draw_curves(rows: list[dict[str, float]], path: Path) -> None:
-    from fashion_sweeps.tracking.plots import learning_curves_figure  # matplotlib: only here
-
-    keys = {k for row in rows for k in row}
-    histories = {
-        key: [(int(r["epoch"]), r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
-        for key in keys
-    }
-    learning_curves_figure(histories).savefig(path, bbox_inches="tight")
