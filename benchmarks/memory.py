@@ -1,4 +1,4 @@
-"""Bench 5 (`--only memory`): peak resident memory of a frozen screen condition from an empty
+"""Bench 6 (`--only memory`): peak resident memory of a frozen screen condition from an empty
 cache, at each data size given, side by side (the product-scale issue: memory that does not grow
 with the data set).
 
