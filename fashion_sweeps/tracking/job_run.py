@@ -41,7 +41,9 @@ from fashion_sweeps.trainer.distributed import is_rank_zero
 log = logging.getLogger(__name__)
 
 DONE = ("finished", "diverged")
-POLICY = 2  # records before it kept trainer.* and sweep.* out of the identity, but no more
+# The version of the identity rule a record was written under: a record of another version is
+# compared on the keys it holds (`_check_same_experiment`).
+POLICY = 2
 
 
 def identity(cfg: DictConfig) -> dict[str, str]:
@@ -56,8 +58,12 @@ def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
     """Written whole and renamed into place: other ranks and later jobs never read half a file."""
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = output_dir / f".{RECORD}.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(run_folder.record(output_dir))
+    try:
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(run_folder.record(output_dir))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # half written: a full disk
+        raise
 
 
 class RecordedRun(TrackedRun):
@@ -80,24 +86,29 @@ class RecordedRun(TrackedRun):
         """Lightning's per-epoch metrics through the same once-per-step filter."""
         return _OncePerStepLogger(self)
 
-    def _save(self, **changes: Any) -> None:
+    def save_record(self, **changes: Any) -> None:
+        """The folder's record, updated; a folder that cannot be written (a full disk) is said
+        and the run goes on: MLflow keeps its status, and what fails next closes it."""
         self.record.update(changes)
-        write_record(self.record_dir, self.record)
+        try:
+            write_record(self.record_dir, self.record)
+        except OSError as err:
+            log.warning("Cannot write %s (%s).", run_folder.record(self.record_dir), err)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         super().set_tags(tags)
         if "status" in tags:
-            self._save(status=str(tags["status"]))
+            self.save_record(status=str(tags["status"]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         super().log_metrics(self._unlogged(metrics, step), step)
         if "best_val_loss" in metrics:
-            self._save(best_val_loss=float(metrics["best_val_loss"]))
+            self.save_record(best_val_loss=float(metrics["best_val_loss"]))
 
     def end(self, status: str = "FINISHED") -> None:
         super().end(status)
         if self.record.get("status") not in DONE:
-            self._save(status=status.lower())
+            self.save_record(status=status.lower())
 
 
 class _OncePerStepLogger(MLFlowLogger):
@@ -185,18 +196,18 @@ class SilentRun(TrackedRun):
         pass
 
 
-def readable_checkpoint(path: Path) -> bool:
-    """Whether `path` holds a checkpoint torch can open as data. A damaged one (a job killed while
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epochs done (counted from 1) of the checkpoint at `path`; None when there is none or
+    torch cannot open it as data. A damaged one (a job killed while
     it was copied, a full disk) would crash every rerun, and one holding other pickled objects
     could run code when loaded: rank 0 renames it `*.damaged-<time>` (kept for a look, never
     loaded again) and the run starts over."""
     if not path.exists():
-        return False
+        return None
     try:
         # Memory-mapped: the archive's index is checked without reading the weights;
         # weights_only: tensors, containers and numbers only, never arbitrary objects.
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return True
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
     except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors ...
         if is_rank_zero():
             aside = run_folder.set_aside(path)
@@ -207,7 +218,7 @@ def readable_checkpoint(path: Path) -> bool:
                 str(err).splitlines()[0][:200],
                 aside.name,
             )
-        return False
+        return None
 
 
 @dataclass
@@ -235,12 +246,10 @@ def _check_same_experiment(output_dir: Path, record: Mapping[str, Any], cfg: Dic
         )
 
 
-def discard_later_epochs(last: Path) -> None:
-    """Remove the best checkpoints of epochs after `last`'s: a killed attempt saved them after
-    its last checkpoint, and the continued run trains those epochs again (a stale one would be
-    tested as the best)."""
-    # Lightning's 0-based epoch of `last`; epoch_of counts from 1.
-    done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+def discard_later_epochs(last: Path, done: int) -> None:
+    """Remove the best checkpoints of epochs after `done`, `last`'s: a killed attempt saved them
+    after its last checkpoint, and the continued run trains those epochs again (a stale one
+    would be tested as the best)."""
     for path in run_folder.best_checkpoints(last.parent.parent):
         if run_folder.epoch_of(path) > done:
             log.info("Removing %s: its epoch is trained again from %s", path.name, last.name)
@@ -306,9 +315,10 @@ def open_job_run(
     if record is not None:
         _check_same_experiment(output_dir, record, cfg)
     last = run_folder.last_checkpoint(output_dir)
-    resume_from = last if record is not None and readable_checkpoint(last) else None
+    done = checkpoint_epoch(last) if record is not None else None
+    resume_from = last if done is not None else None
     if resume_from is not None and is_rank_zero():
-        discard_later_epochs(resume_from)
+        discard_later_epochs(resume_from, done)
     if not is_rank_zero():
         # The same decisions as rank 0, from the same files, so all ranks train the same epochs.
         if record is not None and record.get("status") in DONE:
@@ -346,7 +356,7 @@ def open_job_run(
         "status": "running",
         "best_val_loss": None,
     }
-    write_record(output_dir, run.record)
+    run.save_record()
     if resume_from is not None:
         log.info("Continuing MLflow run %s from %s", run.run_id, resume_from)
         run.set_tags({"resumed_from": str(resume_from)})
