@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fashion_sweeps import markdown
+
 # Data set name (conf/dataset/) -> the screen recipe that reads it.
 RECIPES = {"clothing": "clothing_screen", "fashion_product": "product_screen"}
 IMAGES = re.compile(r"Data \S+: (\d+) images")
@@ -60,6 +62,19 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def logged_image_size(store: Path) -> int | None:
+    """The resolved `dataset.image_size` of the store's one run (None when no run was opened)."""
+    from fashion_sweeps.tracking.runs import store_client
+
+    if not (store / "mlflow.db").is_file():
+        return None
+    client = store_client(f"sqlite:///{store / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1)
+    size = runs[0].data.params.get("dataset.image_size") if runs else None
+    return int(size) if size else None
+
+
 def memory_bench(roots: dict[str, Path], work: Path) -> list[dict[str, Any]]:
     """One row per data size: images, peak RSS, wall time, image cache on disk, load."""
     rows = []
@@ -75,7 +90,7 @@ def memory_bench(roots: dict[str, Path], work: Path) -> list[dict[str, Any]]:
                 "dataset": name,
                 "recipe": RECIPES[name],
                 "images": int(found.group(1)) if found else None,
-                "image_size": 224,
+                "image_size": logged_image_size(folder / "mlruns"),
                 "exit_code": code,
                 "peak_rss_bytes": rss,
                 "seconds": seconds,
@@ -88,28 +103,33 @@ def memory_bench(roots: dict[str, Path], work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+HEADER = ("data set", "images", "image size", "peak RSS", "x first", "wall", "image cache on disk")
+
+
 def memory_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The rows as Markdown, the first size as the reference of the ratios."""
+    """The rows as Markdown, the first size that ran as the reference of the ratios."""
+    ran = [r for r in rows if r["exit_code"] == 0]
     if not rows:
         return []
     gib = 1024**3
-    first = rows[0]
-    lines = [
-        "## Peak memory of a frozen screen condition, from an empty cache",
-        "",
-        "| data set | images | image size | peak RSS | x first | wall | image cache on disk | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    cells = []
     for r in rows:
-        if r["exit_code"] != 0:
-            lines.append(f"| {r['dataset']} | failed (exit {r['exit_code']}): see {r['log']} |")
-            continue
-        ratio = r["peak_rss_bytes"] / first["peak_rss_bytes"]
-        images = f"{r['images']:,}" if r["images"] else "?"
         load = f"{r['load_before'][0]:.1f} -> {r['load_after'][0]:.1f}"
-        lines.append(
-            f"| {r['dataset']} | {images} | {r['image_size']} px | "
-            f"{r['peak_rss_bytes'] / gib:.2f} GB | {ratio:.2f}x | {r['seconds']:.0f} s | "
-            f"{r['cache_bytes'] / gib:.2f} GB | {load} |"
+        if r["exit_code"] != 0:
+            failed = f"failed (exit {r['exit_code']}): see {r['log']}"
+            cells.append([r["dataset"], failed, *[""] * (len(HEADER) - 2), load])
+            continue
+        cells.append(
+            [
+                r["dataset"],
+                f"{r['images']:,}" if r["images"] else "?",
+                f"{r['image_size']} px" if r["image_size"] else "?",
+                f"{r['peak_rss_bytes'] / gib:.2f} GB",
+                f"{r['peak_rss_bytes'] / ran[0]['peak_rss_bytes']:.2f}x",
+                f"{r['seconds']:.0f} s",
+                f"{r['cache_bytes'] / gib:.2f} GB",
+                load,
+            ]
         )
-    return lines
+    title = ["## Peak memory of a frozen screen condition, from an empty cache", ""]
+    return title + markdown.table([*HEADER, "load"], cells, right=range(1, len(HEADER)))

@@ -24,18 +24,25 @@ def _gpus_per_task(accelerator: str) -> int | None:
 OmegaConf.register_resolver("fashion_sweeps_gpus_per_task", _gpus_per_task, replace=True)
 
 
-def _native_resolution(target: str) -> int:
+def _builder_resolution(target: str) -> int | None:
     """The resolution a backbone's pretrained weights were trained at (Lite0 224, Lite2 260,
-    torchvision's 224), from its builder, before anything is built or downloaded."""
+    torchvision's 224), from its builder, before anything is built or downloaded; None when it
+    has no weights of a fixed size."""
     from hydra.utils import get_method
 
     size = getattr(get_method(target), "native_resolution", None)
+    return None if size is None else int(size)
+
+
+def _native_resolution(target: str) -> int:
+    """`_builder_resolution`, required."""
+    size = _builder_resolution(target)
     if size is None:
         raise ValueError(
             f"The backbone {target} has no native resolution (no pretrained weights of a fixed "
             "size): give dataset.image_size as a number of pixels."
         )
-    return int(size)
+    return size
 
 
 # `dataset.image_size: ${fashion_sweeps_native_resolution:${backbone._target_}}`: each swept
@@ -52,10 +59,7 @@ def _image_size(backbone: object, default: int) -> int:
         backbone.get("pretrained") or backbone.get("weights_path")
     ):
         return int(default)
-    from hydra.utils import get_method
-
-    size = getattr(get_method(backbone._target_), "native_resolution", None)
-    return int(size or default)
+    return _builder_resolution(backbone._target_) or int(default)
 
 
 # `image_size: ${fashion_sweeps_image_size:${backbone},64}` in conf/dataset/: a pretrained

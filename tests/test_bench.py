@@ -521,4 +521,7 @@ def test_the_memory_bench_names_its_data_sets_and_compares_their_peaks() -> None
     assert "| clothing | 5,073 | 224 px | 2.00 GB | 1.00x | 60 s | 1.00 GB | 1.0 -> 1.5 |" in text
     assert "| fashion_product | 43,003 | 224 px | 3.00 GB | 1.50x |" in text
     failed = "\n".join(memory.memory_table([row, {**big, "exit_code": 137}]))
-    assert "| fashion_product | failed (exit 137): see x |" in failed
+    assert "| fashion_product | failed (exit 137): see x |  |  |  |  |  | 1.0 -> 1.5 |" in failed
+    # A first size that failed is no reference: the ratios are to the first that ran.
+    first_failed = "\n".join(memory.memory_table([{**row, "exit_code": 137}, big]))
+    assert "| fashion_product | 43,003 | 224 px | 3.00 GB | 1.00x |" in first_failed

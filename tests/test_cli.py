@@ -154,3 +154,14 @@ def test_an_output_folder_that_cannot_be_written_is_one_paragraph(command, capsy
     said = capsys.readouterr().err
     assert said.startswith(f"fashion-sweeps {command}: Cannot write the output folder /proc/no/")
     assert f"give {key}=<a folder you can write>" in said and "Traceback" not in said
+
+
+def test_an_output_folder_is_read_as_hydra_reads_the_override(tmp_path, capsys) -> None:
+    """Quoted, as a path with spaces must be: the quotes were taken as part of the path, so a
+    folder named `'` was made in the current folder and the real one never checked."""
+    from fashion_sweeps.cli import main
+
+    folder = "/proc/no such/run"
+    assert main(["train", "dataset=clothing_sample", f"hydra.run.dir='{folder}'"]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith(f"fashion-sweeps train: Cannot write the output folder {folder} ")

@@ -52,17 +52,17 @@ class LoggedModel:
 
 
 def _channels(info) -> int:
-    """The image channels the model takes: its metadata, else its signature (older models)."""
-    channels = (info.metadata or {}).get("channels")
+    """The image channels the model takes (`image_input`)."""
+    from fashion_sweeps.tracking.model_logging import image_input
+
     inputs = info.signature.inputs if info.signature is not None else None
-    if channels is None and inputs is not None and inputs.is_tensor_spec():
-        channels = info.signature.inputs.inputs[0].shape[1]
+    channels = image_input(info.metadata, inputs).get("channels")
     if channels is None:
         raise ExportError(
             f"The model {info.model_uri!r} does not say what images it takes (no channels in its "
             "metadata or signature): export a model logged by `fashion-sweeps train`."
         )
-    return int(channels)
+    return channels
 
 
 def load_logged(uri: str) -> LoggedModel:

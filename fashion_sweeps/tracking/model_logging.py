@@ -219,3 +219,14 @@ def load_classifier(model_uri: str) -> Classifier:
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     return mlflow.pytorch.load_model(str(Path(local) / "artifacts" / "classifier"))
+
+
+def image_input(metadata: dict[str, Any] | None, schema: Schema | None) -> dict[str, int]:
+    """The `channels` and `image_size` a logged model takes (those it states): its metadata;
+    models logged before their input schema was dropped carry the channels in that schema."""
+    facts = {k: int(v) for k, v in (metadata or {}).items() if k in ("channels", "image_size")}
+    if "channels" not in facts and schema is not None and schema.is_tensor_spec():
+        shape = schema.inputs[0].shape
+        if len(shape) == 4:
+            facts["channels"] = int(shape[1])
+    return facts

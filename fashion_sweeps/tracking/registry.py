@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REGISTERED_NAME = "fashion-classifier"
 CHAMPION = "champion"
 MODEL_URI_TAG = "model_uri"  # run tag: the `models:/<id>` URI of the model the run logged
+# What `predict`, `export` and `serve` use when no model is named: the last report's champion.
+CHAMPION_URI = f"models:/{DEFAULT_REGISTERED_NAME}@{CHAMPION}"
 
 
 def _new_version(client: MlflowClient, name: str, model_uri: str, run_id: str) -> ModelVersion:
