@@ -26,14 +26,14 @@ from fashion_sweeps.console_log import log_to_stderr
 from fashion_sweeps.data.decode import load_image
 from fashion_sweeps.data.sources import IMAGE_SUFFIXES
 from fashion_sweeps.errors import UserError
+from fashion_sweeps.output_folders import why_file_unwritable
 from fashion_sweeps.redact import redact
+from fashion_sweeps.tracking.registry import CHAMPION_URI
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "models:/fashion-classifier@champion"
 
 
 class ModelUnavailableError(UserError, RuntimeError):
@@ -124,25 +124,23 @@ def load_tagging_model(uri: str, engine: str = "auto", precision: str = "auto"):
     import mlflow.pyfunc
 
     from fashion_sweeps.inference import engines
+    from fashion_sweeps.tracking.model_logging import image_input
 
     try:
         with engines.environment(engine, precision):
             model = mlflow.pyfunc.load_model(uri)
     except Exception as err:  # MlflowException, OSError for a missing local path, ...
         raise ModelUnavailableError(cannot_load(uri, err)) from err
-    # Channels and size images are decoded at: the model's own (its metadata; models logged
-    # before their input schema was dropped carry them in it too), so it need not resize them.
-    facts = model.metadata.metadata or {}
+    # Channels and size images are decoded at: the model's own, so it need not resize them.
     schema = model.metadata.get_input_schema()
-    if schema is not None and schema.is_tensor_spec() and len(schema.inputs[0].shape) == 4:
-        facts = {"channels": schema.inputs[0].shape[1], **facts}
+    facts = image_input(model.metadata.metadata, schema)
     if "channels" not in facts or "image_size" not in facts:
         raise ModelUnavailableError(
             f"The model {uri!r} does not say what images it takes (no image_size and channels "
             f"in its metadata; its input schema is {schema}): use a model logged by "
             "`fashion-sweeps train`."
         )
-    return model, int(facts["channels"]), int(facts["image_size"])
+    return model, facts["channels"], facts["image_size"]
 
 
 def engine_of(model) -> str:
@@ -167,22 +165,6 @@ def model_figures(model, client: MlflowClient) -> str:
     if "test_acc" not in metrics:
         return ""
     return f" The model's test accuracy: {baseline_text(metrics['test_acc'], metrics)}."
-
-
-def check_writable(out: Path) -> str | None:
-    """Why the CSV `out` cannot be written (None: it can), found before the model loads and any
-    image is read. Opening it is the only test that holds for root, read-only mounts and
-    paths through a file; a file that did not exist is removed again."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        existed = out.exists()
-        with out.open("a", encoding="utf-8"):
-            pass
-        if not existed:
-            out.unlink()
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
 
 
 def header(top_k: int) -> list[str]:
@@ -281,9 +263,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "one CSV row per image with its top-k labels and probabilities.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
-    )
+    parser.add_argument("--model", default=CHAMPION_URI, help=f"model URI (default {CHAMPION_URI})")
     parser.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
     parser.add_argument(
         "--min-confidence",
@@ -338,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fashion_sweeps.tracking.store import open_tool_store
 
     replaced = args.out.exists()
-    problem = check_writable(args.out)  # before a long walk through the folders
+    problem = why_file_unwritable(args.out)  # before a long walk through the folders
     if problem:
         print(
             f"fashion-sweeps predict: cannot write {args.out} ({problem}). Give --out a CSV file "

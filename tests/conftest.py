@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +244,42 @@ def _isolated_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
 def _isolated_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each test gets an empty disk cache (conf/cache/), subprocesses included."""
     monkeypatch.setenv("FASHION_SWEEPS_CACHE", str(tmp_path / "cache"))
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str) -> Iterator[Path]:
+    """`target` as a mount point (`mount options...`), unmounted after; skips the test where
+    this user may not mount (root ignores file modes, so only a mount makes a folder read-only
+    or small for it)."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount here ({done.stderr.strip()})")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+@pytest.fixture
+def read_only_copy(tmp_path: Path) -> Callable[[Path], Path]:
+    """A read-only view of a folder: `read_only_copy(folder)` is the same files, unwritable
+    even for root (a read-only bind mount)."""
+    with contextlib.ExitStack() as stack:
+
+        def _view(folder: Path) -> Path:
+            view = tmp_path / f"read_only_{folder.name}"
+            stack.enter_context(mounted(view, "--bind", str(folder)))
+            remount = ["mount", "-o", "remount,bind,ro", str(view)]
+            if subprocess.run(remount, capture_output=True).returncode:
+                pytest.skip("cannot remount read-only here")
+            return view
+
+        yield _view
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 2 MB file system (tmpfs) to fill: a full disk without filling the machine's."""
+    with mounted(tmp_path / "small_disk", "-t", "tmpfs", "-o", "size=2m", "tmpfs") as disk:
+        yield disk

@@ -308,7 +308,9 @@ def release_requeued(job: str, proc: subprocess.Popen) -> None:
 def test_a_run_requeued_by_slurm_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     cluster: dict[str, str], tmp_path: Path
 ) -> None:
-    epochs, out = 20, tmp_path / "multirun"
+    # 200 epochs of >= 0.1 s: the requeue, a second after the first checkpoint, lands mid-run
+    # even on an idle machine (20 epochs took 16 s at load 3-4 and ended before it).
+    epochs, out = 200, tmp_path / "multirun"
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "fashion_sweeps.train", "--multirun", "dataset=clothing_sample",

@@ -25,8 +25,8 @@ from pathlib import Path
 from fashion_sweeps.console_log import log_to_stderr
 from fashion_sweeps.errors import UserError
 from fashion_sweeps.redact import redact
+from fashion_sweeps.tracking.registry import CHAMPION_URI
 
-DEFAULT_MODEL = "models:/fashion-classifier@champion"
 FORMATS = ("onnx", "openvino")
 FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 TITLES = {"onnx": "ONNX", "openvino": "OpenVINO IR"}
@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         f"{percent(MIN_AGREEMENT)} of images, and log the files to that run under export/.",
     )
     parser.add_argument(
-        "model", nargs="?", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
+        "model", nargs="?", default=CHAMPION_URI, help=f"model URI (default {CHAMPION_URI})"
     )
     parser.add_argument(
         "--format", choices=(*FORMATS, "all"), default="all", help="what to write (default all)"
@@ -154,7 +154,7 @@ def export(args: argparse.Namespace) -> int:
     from fashion_sweeps.tracking.store import open_tool_store
 
     try:
-        client = open_tool_store(args.tracking_uri)
+        client = open_tool_store(args.tracking_uri, write=True)
     except TrackingUnavailableError as err:
         raise ExportError(str(err)) from err
     logged = load_logged(args.model)

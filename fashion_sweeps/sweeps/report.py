@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fashion_sweeps.tracking.store import open_tool_store
 
     try:
-        client = open_tool_store(args.tracking_uri)
+        client = open_tool_store(args.tracking_uri, write=True)
         args.sweep = args.sweep or latest_sweep(client)
         report, parents = build_report(
             client, args.sweep, None if args.no_register else args.register_as

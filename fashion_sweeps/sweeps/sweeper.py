@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from fashion_sweeps import interrupts
 from fashion_sweeps.data.datamodule import read_source
 from fashion_sweeps.data.sources import DataError
-from fashion_sweeps.errors import user_error
+from fashion_sweeps.errors import DiskFullError, user_error
 from fashion_sweeps.paths import check_name
 from fashion_sweeps.progress import stage_progress
 from fashion_sweeps.redact import credentials_to_environment
@@ -65,6 +65,8 @@ from fashion_sweeps.sweeps.study import (
 from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
 
 log = logging.getLogger(__name__)
+# User errors that every later condition would meet too: they stop the sweep, not one condition.
+STOPS_SWEEP = (TrackingUnavailableError, DiskFullError)
 # The sweep and store of the last stage this process ran: `fashion-sweeps sweep` reports on it
 # in the same process (no second start of MLflow and torch).
 last_stage: dict[str, str] = {}
@@ -385,7 +387,7 @@ class StageSweep:
             crashed += len(failures)
             for failure in failures:
                 lost = user_error(failure._return_value)
-                if isinstance(lost, TrackingUnavailableError):  # every later condition would too
+                if isinstance(lost, STOPS_SWEEP):  # every later condition would fail alike
                     raise SweepError(f"{type(lost).__name__}: {lost}") from None
             if failures and crashed / launched > self.max_failure_rate:
                 log.error(
@@ -423,7 +425,7 @@ class StageSweep:
             # Settings the run refused (its one paragraph says why): a failed condition, the
             # rest go on. Anything else is a crash, which max_failure_rate weighs.
             err = user_error(ret._return_value)
-            refused = err is not None and not isinstance(err, TrackingUnavailableError)
+            refused = err is not None and not isinstance(err, STOPS_SWEEP)
             return ("refused" if refused else "crashed"), None
         return outcome_of(ret.return_value)
 

@@ -15,15 +15,15 @@ from fashion_sweeps.config import CONF_DIR
 from fashion_sweeps.tracking.runs import open_store
 
 
-def open_tool_store(uri: str | None = None) -> MlflowClient:
+def open_tool_store(uri: str | None = None, write: bool = False) -> MlflowClient:
     """The client of the store at `uri` when given, else of what `conf/tracking/mlflow.yaml`
-    resolves to (by default `$MLFLOW_TRACKING_URI`, else `mlruns/mlflow.db`); checked reachable,
-    and made MLflow's global tracking and registry URI for the fluent APIs
+    resolves to (by default `$MLFLOW_TRACKING_URI`, else `mlruns/mlflow.db`); checked reachable
+    (and writable, for a tool that will `write`: register, log files), and made MLflow's global tracking and registry URI for the fluent APIs
     (`mlflow.pyfunc.load_model`)."""
     cfg = OmegaConf.load(CONF_DIR / "tracking" / "mlflow.yaml")
     if uri:
         cfg.uri = uri
-    client = open_store(cfg)
+    client = open_store(cfg, write)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client.tracking_uri)
     return client
