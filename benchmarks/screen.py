@@ -26,6 +26,7 @@ from typing import Any
 from mlflow.entities import Run
 
 from benchmarks import screen_figures as figures
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.runs import store_client
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def per_trial(runs: list[Run]) -> dict[str, Any]:
     each trial's wall time. Times of MLflow runs are in milliseconds."""
 
     def metric(name: str) -> list[float]:
-        return [r.data.metrics[name] for r in runs if name in r.data.metrics]
+        return [r.data.metrics[key] for r in runs if (key := time_metric(name)) in r.data.metrics]
 
     gaps = [
         (after.info.start_time - before.info.end_time) / 1000
@@ -193,7 +194,7 @@ def trial_record(run: Run) -> figures.Trial:
         "feature_cache": tags.get("feature_cache", "?"),
         "wall_s": wall,
         **{
-            name: metrics.get(name)
+            name: metrics.get(time_metric(name))
             for name in ("startup_s", "teardown_s", "image_cache_s", "feature_cache_s")
         },
     }

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fashion_sweeps import markdown
 from fashion_sweeps.config import CONF_DIR, condition_key
 from fashion_sweeps.console_log import STUDY_FORMAT, log_to_stderr
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.train import train
 
 if TYPE_CHECKING:  # pandas and MLflow load with the study, not for `--help`
@@ -45,7 +46,7 @@ COLUMNS = {
     "balanced_acc": "test_balanced_acc",
     "images_seen": "train_images_seen",
     "epochs": "epochs_run",
-    "wall_time_s": "wall_time_s",
+    "wall_time_s": time_metric("wall_time_s"),
 }
 
 

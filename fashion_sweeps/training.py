@@ -38,6 +38,7 @@ from fashion_sweeps.data.datamodule import (
     train_augmentation,
 )
 from fashion_sweeps.data.sampling import sampling_summary
+from fashion_sweeps.errors import disk_full
 from fashion_sweeps.evaluation import (
     baseline_text,
     baselines,
@@ -144,9 +145,16 @@ def _close_stopped_run(cfg: DictConfig, run: TrackedRun, err: BaseException) -> 
     lost = lost_store(run.uri, err)
     if lost:  # nothing can be written to the store: say how to continue once it is back
         return _tracking_lost(cfg, run, lost)
-    run.set_tags({"status": "failed", "failure_reason": f"{type(err).__name__}: {err}"[:5000]})
-    run.end("FAILED")
-    return err
+    full = disk_full(err)
+    reason = f"{type(full or err).__name__}: {full or err}"[:5000]
+    try:
+        run.set_tags({"status": "failed", "failure_reason": reason})
+        run.end("FAILED")
+    except Exception as closing:  # the store is on the full disk too
+        if full is None or disk_full(closing) is None:
+            raise
+        log.warning("MLflow run %s stays RUNNING: its store is full too.", run.run_id)
+    return full or err
 
 
 def _tracking_lost(cfg: DictConfig, run: TrackedRun, why: str) -> TrackingLostError:
@@ -178,18 +186,19 @@ def _fit_and_test(
     module, speed = _module(cfg, run, data, engine)
     mark_data_ready(out)
     clock = TrialClock(start)  # overhead around the training steps, logged by _test
+    epochs = EpochTable(out)
     trainer, checkpoint = build_trainer(
         cfg.trainer,
         out,
         logger=run.lightning_logger(),
-        callbacks=[clock, EpochTable(out), *(callbacks or [])],
+        callbacks=[clock, epochs, *(callbacks or [])],
         precision=speed.precision,
     )
     check_relaunch_possible(trainer)
     best = _fit(cfg, run, trainer, checkpoint, module, data, engine, resume_from, start)
     if best is None:  # diverged: recorded as failed
         return math.nan
-    _test(cfg, run, trainer, module, data, best, clock, start)
+    _test(cfg, run, trainer, module, data, best, clock, start, epochs.best_of(best.epoch))
     return best.val_loss
 
 
@@ -249,7 +258,7 @@ def _module(
     # The engine whose features the head trains on (after any fallback), else the configured one.
     run.log_params((features.engine or engine).params)
     run.set_tags({"image_cache": data.data.image_cache, "feature_cache": features.status})
-    run.log_metrics({"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds})
+    run.log_times({"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds})
     module = ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),
@@ -291,7 +300,7 @@ def _fit(
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if module.diverged:
         run.set_tags({"status": "diverged", "failure_reason": module.divergence})
-        run.log_metrics({"wall_time_s": time.perf_counter() - start})
+        run.log_times({"wall_time_s": time.perf_counter() - start})
         run.end("FAILED")
         log.error(
             "Run %s diverged (%s): recorded as failed in MLflow. Lower optimizer.lr or try "
@@ -322,8 +331,10 @@ def _test(
     best: _Best,
     clock: TrialClock,
     start: float,
+    best_epoch: dict[str, float],
 ) -> None:
-    """Test the best checkpoint; on rank 0, evaluate it, log metrics and results, close the run."""
+    """Test the best checkpoint; on rank 0, evaluate it, log metrics (`best_epoch`: the best
+    epoch's train and validation metrics) and results, close the run."""
     # The test metrics are logged once, below, beside the evaluation's: Lightning's logger would
     # log them a second time (float32, at the last step).
     trainer.loggers = []
@@ -351,10 +362,15 @@ def _test(
     run.log_metrics(
         {
             **test_metrics,
+            **best_epoch,
             "best_val_loss": best.val_loss,
             "best_epoch": best.epoch,
             "epochs_run": trainer.current_epoch,
             "train_images_seen": data.plan.images_per_epoch * trainer.current_epoch,
+        }
+    )
+    run.log_times(
+        {
             "wall_time_s": time.perf_counter() - start,
             "startup_s": clock.startup_s,
             "train_images_per_s": clock.images_per_s,
@@ -372,7 +388,7 @@ def _test(
         run_folder.output_dir(cfg),
     )
     run.set_tags({"status": "finished"})
-    run.log_metrics({"teardown_s": clock.teardown_s()})
+    run.log_times({"teardown_s": clock.teardown_s()})
     run.end("FINISHED")
     log.info(
         "%s: best val_loss %.4f at epoch %d; test acc %s, weighted F1 %.4f",

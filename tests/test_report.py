@@ -93,13 +93,13 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
         "head",
         "optimizer",
         "lr",
-        "val_loss",
-        "train_accuracy",
+        "best_val_loss",
+        "best_train_acc",
     ):
         assert f"<th>{header}</th>" in ranking
     assert ranking.count("<td>simple_cnn</td>") == 2
     comparison = html.split("<h2>Full runs</h2>")[1].split("<h2>")[0]
-    for header in ("test_loss", "test_accuracy", "test_f1_weighted"):
+    for header in ("best_val_acc", "test_loss", "test_acc", "test_f1_weighted"):
         assert f"<th>{header}</th>" in comparison
     # The best model's per-class table (issue 5's evaluation/per_class.csv).
     best = html.split("<h2>Best model</h2>")[1]

@@ -325,7 +325,7 @@ AS_WRITTEN = "fashion-sweeps train experiment=demo dataset.root=data/x seed={see
 
 
 def record(seed: int, minutes: int, status: str = "finished", acc: float = 0.9, **kw) -> RunRecord:
-    metrics = {"test_acc": acc, "test_f1_weighted": acc, "wall_time_s": 60.0}
+    metrics = {"test_acc": acc, "test_f1_weighted": acc, "time/wall_time_s": 60.0}
     return RunRecord(
         run_id=f"{seed}-{minutes}",
         seed=str(seed),

@@ -108,7 +108,10 @@ def test_diverging_condition_is_recorded_failed_while_others_finish(client, work
     assert all(t.state.name == "FAIL" for t in trials if t.user_attrs[OUTCOME] == "diverged")
 
 
-def test_ranking_table_lists_conditions_best_first(workdir, swept):
+def test_ranking_table_lists_conditions_best_first(workdir, swept, client):
+    """Best epoch's figures, under the names and with the values the MLflow runs table shows
+    (it showed the last epoch's val_loss beside the table's best, and `val_acc` as
+    `val_accuracy`)."""
     with (workdir / "multirun/sweeps/t/screen/ranking.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:9] == [
@@ -117,12 +120,17 @@ def test_ranking_table_lists_conditions_best_first(workdir, swept):
         "head",
         "optimizer",
         "lr",
-        "val_loss",
-        "train_loss",
-        "val_accuracy",
-        "train_accuracy",
+        "best_val_loss",
+        "best_train_loss",
+        "best_val_acc",
+        "best_train_acc",
     ]
-    finished = [float(r["val_loss"]) for r in rows if r["status"] == "finished"]
+    _, screen = stage_runs(client, "screen")
+    logged = {r.info.run_id: r.data.metrics for r in screen}
+    for row in (r for r in rows if r["status"] == "finished"):
+        for name in ("best_val_loss", "best_train_loss", "best_val_acc", "best_train_acc"):
+            assert float(row[name]) == pytest.approx(logged[row["run_id"]][name]), name
+    finished = [float(r["best_val_loss"]) for r in rows if r["status"] == "finished"]
     assert len(finished) == 4 and finished == sorted(finished)
     assert [r["status"] for r in rows[4:]] == ["diverged", "diverged"]
     assert "## Screen ranking" in output(swept) and "## Full runs" in output(swept)
@@ -215,7 +223,7 @@ def test_rerun_trains_nothing_new(client, workdir):
     # One point per invocation of each stage's parent, numbered from 1 (both were at one step).
     for stage in ("screen", "full"):
         parent, _ = stage_runs(client, stage)
-        history = client.get_metric_history(parent.info.run_id, "last_invocation_s")
+        history = client.get_metric_history(parent.info.run_id, "time/last_invocation_s")
         assert [m.step for m in history] == [1, 2]
 
 

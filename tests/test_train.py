@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -14,6 +15,7 @@ from conftest import fashion_sweeps, output
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps.data.sources import DataError
+from fashion_sweeps.errors import DiskFullError, user_error
 from fashion_sweeps.tracking.runs import TrackingUnavailableError, tracking_uri
 from fashion_sweeps.train import train
 
@@ -139,6 +141,60 @@ def test_unreachable_tracking_server_fails_before_training(make_cfg, clothing_ro
     assert not (Path(cfg.output_dir) / "checkpoints").exists()
 
 
+def test_a_read_only_store_is_refused_before_training(make_cfg, clothing_root, read_only_copy):
+    """A store that cannot be written (a read-only mount, even for root) is said in one
+    paragraph before any data is read, not after a traceback at the first run it opens."""
+    store = Path(make_cfg().output_dir).parent / "store"
+    MlflowClient(f"sqlite:///{store / 'mlflow.db'}").search_experiments()  # the store exists
+    view = read_only_copy(store)
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", f"tracking.dir={view}")
+    with pytest.raises(TrackingUnavailableError, match="read-only") as raised:
+        train(cfg)
+    assert str(view / "mlflow.db") in str(raised.value)
+    assert not (Path(cfg.output_dir) / "checkpoints").exists()
+
+
+def fill(disk: Path) -> None:
+    """Write to `disk` until it has no space left."""
+    with (disk / "filler").open("wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+
+
+def test_a_full_run_folder_fails_the_run_in_one_paragraph(make_cfg, clothing_root, small_disk):
+    """The run folder's disk fills up: a DiskFullError saying where, and the MLflow run, whose
+    store still has room, closed FAILED with that reason (it stayed RUNNING, under tracebacks)."""
+    fill(small_disk)
+    cfg = make_cfg("dataset=clothing", f"dataset.root={clothing_root}", *TINY)
+    cfg.output_dir = str(small_disk / "out")
+    with pytest.raises(Exception) as raised:
+        train(cfg)
+    assert isinstance(user_error(raised.value), DiskFullError), raised.value
+    assert "No space left on the disk" in str(user_error(raised.value))
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs, "the run was opened before the disk was needed"
+    assert {r.info.status for r in runs} == {"FAILED"}
+    assert all("No space left" in r.data.tags["failure_reason"] for r in runs)
+
+
+def test_a_full_disk_under_run_and_store_is_one_paragraph(tmp_path, small_disk) -> None:
+    fill(small_disk)
+    result = fashion_sweeps(
+        tmp_path,
+        "train",
+        "dataset=clothing_sample",
+        *TINY,
+        f"tracking.dir={small_disk / 'mlruns'}",
+        f"hydra.run.dir={small_disk / 'out'}",
+        check=False,
+    )
+    assert result.returncode == 1, output(result)[-3000:]
+    assert "Traceback" not in output(result), output(result)[-3000:]
+    assert "No space left on device" in output(result)  # before Hydra writes its files there
+
+
 def test_cli_trains_on_the_bundled_sample(tmp_path: Path) -> None:
     result = fashion_sweeps(
         tmp_path,
@@ -214,6 +270,16 @@ def test_test_metrics_are_logged_once_and_best_epoch_counts_from_one(
     assert 1 <= run.data.metrics["best_epoch"] <= run.data.metrics["epochs_run"]
     table = comparison_table(client, [run])
     assert table.loc[0, "best_epoch"] == run.data.metrics["best_epoch"]
+    # The best epoch's curves' values, logged as best_*: what MLflow's runs table shows beside
+    # the last epoch's val_acc, and what the tables show under the same names.
+    best_step = run.data.metrics["best_epoch"]
+    for name in ("val_loss", "val_acc", "val_f1_weighted", "train_loss", "train_acc"):
+        (at_best,) = [
+            m.value for m in client.get_metric_history(run.info.run_id, name) if m.step == best_step
+        ]
+        assert run.data.metrics[f"best_{name}"] == pytest.approx(at_best), name
+        if f"best_{name}" in table:
+            assert table.loc[0, f"best_{name}"] == pytest.approx(at_best), name
 
 
 def test_the_test_split_runs_through_the_model_once(make_cfg, clothing_root, monkeypatch) -> None:

@@ -28,6 +28,9 @@ from fashion_sweeps.recipes.figures import (
 from fashion_sweeps.recipes.runs import Group, RunRecord, code_line, group_runs, recipe_runs
 from fashion_sweeps.recipes.sweep_page import sweep_lines, sweep_summary
 from fashion_sweeps.recipes.sweep_runs import SweepRecord, counted_champion, recipe_sweeps
+from fashion_sweeps.tracking.metric_names import time_metric
+
+WALL = time_metric("wall_time_s")
 
 # Runs with changed settings (tuning, smoke tests) are listed in one table, newest first, capped.
 MAX_CHANGED_ROWS = 20
@@ -52,7 +55,7 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
         [
             r.seed,
             *(fmt(k, r.metrics.get(k)) for k in METRICS),
-            fmt_duration(r.metrics.get("wall_time_s")),
+            fmt_duration(r.metrics.get(WALL)),
             r.machine or "—",
             r.started.strftime("%Y-%m-%d %H:%M"),
             f"`{r.commit[:8]}`" if r.commit else "—",
@@ -71,7 +74,7 @@ def _group_lines(recipe: Recipe, group: Group) -> list[str]:
                 f"**mean of {n} seed{'s' if n > 1 else ''}**",
                 mean_acc,
                 *(fmt(k, group.mean(k)) for k in list(METRICS)[1:]),
-                fmt_duration(group.mean("wall_time_s")),
+                fmt_duration(group.mean(WALL)),
                 "",
                 "",
                 "",
@@ -195,7 +198,7 @@ def _changed_lines(recipe: Recipe, groups: Sequence[Group]) -> list[str]:
             changes_cell(changes),
             r.seed,
             *(fmt(k, r.metrics.get(k)) for k in METRICS),
-            fmt_duration(r.metrics.get("wall_time_s")),
+            fmt_duration(r.metrics.get(WALL)),
             r.machine or "—",
             r.started.strftime("%Y-%m-%d %H:%M"),
             _status(r),

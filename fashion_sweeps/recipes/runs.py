@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from fashion_sweeps.recipes.catalogue import same_recipe
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.store import search_every_experiment
 
 # How a group of runs launched as written but made with an earlier version of the file is named.
@@ -68,13 +69,19 @@ class RunRecord:
             seed=run.data.params.get("seed", "?"),
             status=status,
             started=datetime.fromtimestamp(info.start_time / 1000),
-            metrics=dict(run.data.metrics),
+            metrics=_with_time_prefix(run.data.metrics),
             machine=tags.get("machine") or (f"host {tags['host']}" if "host" in tags else ""),
             command=tags.get("command"),
             reason=reason[:160] + ("…" if len(reason) > 160 else ""),
             params=dict(run.data.params),
             commit=tags.get(MLFLOW_GIT_COMMIT, ""),
         )
+
+
+def _with_time_prefix(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The run's metrics, timings under `time/` also for runs logged before that prefix."""
+    earlier = {time_metric(k): v for k, v in metrics.items() if k in ("wall_time_s",)}
+    return {**earlier, **metrics}
 
 
 def recipe_runs(client: MlflowClient, name: str) -> list[RunRecord]:

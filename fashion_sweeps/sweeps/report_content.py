@@ -56,7 +56,7 @@ def lr_series(ranking: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
     """(learning rate, val_loss) per backbone × head × optimizer; NaN for diverged conditions."""
     series: dict[str, list[tuple[float, float]]] = {}
     for _, row in ranking.iterrows():
-        value = row["val_loss"] if row["status"] == "finished" else math.nan
+        value = row["best_val_loss"] if row["status"] == "finished" else math.nan
         series.setdefault(_group(row), []).append((float(row["lr"]), float(value)))
     return series
 
@@ -72,8 +72,8 @@ def screen_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
     return [
         Section(
             "Screen ranking",
-            f"{len(ranking)} conditions ({summary}), ranked by val_loss. Train and validation "
-            "figures are those of each run's best epoch.",
+            f"{len(ranking)} conditions ({summary}), ranked by best_val_loss. The best_ "
+            "figures are those of each run's best epoch, as MLflow shows them.",
             tables=[ranking],
         ),
         Section(
@@ -91,12 +91,11 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
     images = []
     if len(shown):
         names = [_label(row) for _, row in shown.iterrows()]
-        metrics = {c: shown[c].tolist() for c in shown.columns if c.endswith(("loss", "accuracy"))}
-        metrics["test_f1_weighted"] = shown["test_f1_weighted"].tolist()
         panels = [
-            ["train_loss", "val_loss", "test_loss"],
-            ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1_weighted"],
+            ["best_train_loss", "best_val_loss", "test_loss"],
+            ["best_train_acc", "best_val_acc", "test_acc", "test_f1_weighted"],
         ]
+        metrics = {c: shown[c].tolist() for panel in panels for c in panel}
         chance = runs[0].data.metrics.get("test_chance_acc") if runs else None  # one data set
         figure = comparison_figure(names, metrics, panels, chance)
         images.append(("Full runs (dotted: the chance level)", png_bytes(figure)))

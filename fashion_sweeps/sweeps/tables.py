@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from fashion_sweeps import markdown
 from fashion_sweeps.sweeps.stage_run import children, latest_per_condition
 from fashion_sweeps.sweeps.stored_sweep import best_run
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
 # A condition's parts (the run's tags, config.condition_parts) under the config's own names.
@@ -60,60 +61,65 @@ def _ordered(rows: list[dict[str, object]], columns: list[str]) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=["rank", *columns])
     frame["_order"] = frame["status"].map(STATUS_ORDER).fillna(len(STATUS_ORDER))
-    frame = frame.sort_values(["_order", "val_loss"], na_position="last", kind="stable")
+    frame = frame.sort_values(["_order", "best_val_loss"], na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     if (frame["sampler"] == "none").all():
         columns = [c for c in columns if c != "sampler"]
     return frame[["rank", *columns]].reset_index(drop=True)
 
 
+BEST_EPOCH = ("best_train_loss", "best_val_loss", "best_train_acc", "best_val_acc")
+TESTED = ("test_loss", "test_acc", "test_f1_weighted")
+
+
+def best_epoch_values(client: MlflowClient, run: Run) -> dict[str, float]:
+    """The run's `BEST_EPOCH` metrics as it logged them; for runs logged before those metrics
+    (and diverged ones), read off its curves at its lowest val_loss."""
+    logged = run.data.metrics
+    if all(name in logged for name in BEST_EPOCH):
+        return {name: logged[name] for name in BEST_EPOCH}
+    names = [name.removeprefix("best_") for name in BEST_EPOCH]
+    values = best_epoch_metrics(client, run, names)
+    return {f"best_{name}": values[name] for name in names}
+
+
 def ranking_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
-    """The screen's ranking: finished conditions by val_loss, then diverged and failed ones."""
-    metrics = ("val_loss", "train_loss", "val_acc", "train_acc")
-    rows = []
-    for run in runs:
-        values = best_epoch_metrics(client, run, metrics)
-        rows.append(
-            {
-                **_condition_cells(run),
-                "val_loss": values["val_loss"],
-                "train_loss": values["train_loss"],
-                "val_accuracy": values["val_acc"],
-                "train_accuracy": values["train_acc"],
-                "status": run.data.tags.get("status", run.info.status.lower()),
-                "run_id": run.info.run_id,
-            }
-        )
-    columns = [*CONDITION_COLUMNS, "val_loss", "train_loss", "val_accuracy", "train_accuracy"]
-    columns += ["status", "run_id"]
+    """The screen's ranking: finished conditions by best_val_loss, then diverged and failed ones;
+    columns named as the runs' MLflow metrics."""
+    rows = [
+        {
+            **_condition_cells(run),
+            **best_epoch_values(client, run),
+            "status": run.data.tags.get("status", run.info.status.lower()),
+            "run_id": run.info.run_id,
+        }
+        for run in runs
+    ]
+    columns = [*CONDITION_COLUMNS, "best_val_loss", "best_train_loss", "best_val_acc"]
+    columns += ["best_train_acc", "status", "run_id"]
     return _ordered(rows, columns)
 
 
 def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
-    """The full runs side by side: train/val/test loss and accuracy, test weighted F1."""
+    """The full runs side by side: train/val (best epoch) and test loss and accuracy, test
+    weighted F1; columns named as the runs' MLflow metrics."""
     rows = []
     for run in runs:
-        values = best_epoch_metrics(client, run, ("val_loss", "train_loss", "val_acc", "train_acc"))
         logged = run.data.metrics
         rows.append(
             {
                 **_condition_cells(run),
-                "train_loss": values["train_loss"],
-                "val_loss": values["val_loss"],
-                "test_loss": logged.get("test_loss", math.nan),
-                "train_accuracy": values["train_acc"],
-                "val_accuracy": values["val_acc"],
-                "test_accuracy": logged.get("test_acc", math.nan),
-                "test_f1_weighted": logged.get("test_f1_weighted", math.nan),
+                **best_epoch_values(client, run),
+                **{k: logged.get(k, math.nan) for k in TESTED},
                 "best_epoch": logged.get("best_epoch", math.nan),  # from 1, as logged
                 "epochs_run": logged.get("epochs_run", math.nan),
                 "status": run.data.tags.get("status", run.info.status.lower()),
                 "run_id": run.info.run_id,
             }
         )
-    columns = [*CONDITION_COLUMNS, "train_loss", "val_loss", "test_loss", "train_accuracy"]
-    columns += ["val_accuracy", "test_accuracy"]
-    columns += ["test_f1_weighted", "best_epoch", "epochs_run", "status", "run_id"]
+    columns = [*CONDITION_COLUMNS, "best_train_loss", "best_val_loss", "test_loss"]
+    columns += ["best_train_acc", "best_val_acc", "test_acc", "test_f1_weighted"]
+    columns += ["best_epoch", "epochs_run", "status", "run_id"]
     return _ordered(rows, columns)
 
 
@@ -165,7 +171,7 @@ def publish_stage(
     if best is not None:
         parent.set_tags({"best_condition": best.data.tags.get("condition", "")})
     # One point per invocation (a resumed stage adds one), numbered from 1.
-    runs_before = parent.client.get_metric_history(parent.run_id, "last_invocation_s")
-    result = {**stage_result(counts, best), "last_invocation_s": seconds}
-    parent.log_metrics(result, step=len(runs_before) + 1)
+    step = len(parent.client.get_metric_history(parent.run_id, time_metric("last_invocation_s")))
+    parent.log_metrics(stage_result(counts, best), step=step + 1)
+    parent.log_times({"last_invocation_s": seconds}, step=step + 1)
     print(f"\n{text}\n(also in {folder} and the MLflow run {parent.run_id})\n", flush=True)

@@ -22,9 +22,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fashion_sweeps.errors import UserError
+from fashion_sweeps.errors import UserError, disk_full
+from fashion_sweeps.output_folders import why_file_unwritable
 from fashion_sweeps.redact import redact
 from fashion_sweeps.settings import config_params
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.provenance import process_gone
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,6 @@ def tracking_uri(cfg: DictConfig) -> str:
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         return str(uri)
     folder = Path(cfg.dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
@@ -115,6 +116,9 @@ def check_reachable(uri: str) -> None:
     try:
         store_client(uri).search_experiments(max_results=1)
     except Exception as err:  # sqlite/file stores fail with many error types
+        full = disk_full(err)  # a new store's tables could not be written
+        if full:
+            raise full from None
         raise TrackingUnavailableError(
             redact(
                 f"The MLflow store {uri} cannot be opened ({err}). Check the path and its "
@@ -123,10 +127,29 @@ def check_reachable(uri: str) -> None:
         ) from None  # the cause's message holds the URI's credentials
 
 
-def open_store(tracking: DictConfig) -> MlflowClient:
+def check_writable(uri: str) -> None:
+    """A local SQLite store that runs cannot be written to (a read-only mount or file, a folder
+    that cannot be made) stops the command in one paragraph before anything is trained: MLflow
+    would fail at the first run it opens, with a traceback."""
+    if not uri.startswith("sqlite:///"):
+        return  # a server says so itself, at once
+    db = Path(uri.removeprefix("sqlite:///"))
+    reason = why_file_unwritable(db)
+    if reason:
+        raise TrackingUnavailableError(
+            f"The MLflow store {db} is read-only here ({reason}): runs cannot be recorded in it. "
+            "Make it writable, or track elsewhere with `tracking.dir=<a folder you can write>` "
+            "or `tracking.uri=`. Reading it (report, results, predict) works as it is."
+        )
+
+
+def open_store(tracking: DictConfig, write: bool = True) -> MlflowClient:
     """The client of the store `tracking` names (`tracking_uri`; the client's `tracking_uri` is
-    the resolved URI), once it is known to answer (`check_reachable`)."""
+    the resolved URI), once it is known to answer (`check_reachable`) and, to `write`, that
+    runs can be written to it (`check_writable`)."""
     uri = tracking_uri(tracking)
+    if write:
+        check_writable(uri)
     check_reachable(uri)
     return store_client(uri)
 
@@ -279,6 +302,10 @@ class TrackedRun:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_times(self, seconds: Mapping[str, float], step: int = 0) -> None:
+        """Timings and rates, under `time/` (`time_metric`)."""
+        self.log_metrics({time_metric(k): v for k, v in seconds.items()}, step)
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)

@@ -1,6 +1,6 @@
 """When a run's training steps start and end: the overhead around them and the training throughput.
 
-`train.py` logs, per run: `startup_s` (run start -> first training step), `teardown_s` (last
+`training.py` logs, per run, under `time/`: `startup_s` (run start -> first training step), `teardown_s` (last
 training step -> just before the run is closed) and `train_images_per_s` (steady state: training
 batches after each epoch's first, whose one-off warm-up would weigh on short epochs; validation
 excluded). `make bench` reads them.

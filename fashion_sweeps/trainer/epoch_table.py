@@ -43,6 +43,12 @@ class EpochTable(Callback):
         self.rows.append(row)
         write_rows(self.path, self.rows)
 
+    def best_of(self, epoch: int) -> dict[str, float]:
+        """Epoch `epoch`'s (from 1) train and validation metrics as `best_<name>`: what MLflow's
+        runs table and the sweep tables show side by side, under the same names."""
+        row = next((r for r in self.rows if r["epoch"] == epoch), {})
+        return {f"best_{k}": v for k, v in row.items() if k.startswith(PREFIXES)}
+
 
 PREFIXES = ("train_", "val_")
 
