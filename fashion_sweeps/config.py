@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -38,22 +41,69 @@ def backbone_name(node: DictConfig) -> str:
     return str(node.get("name") or component_name(node))
 
 
-def condition(cfg: DictConfig) -> dict[str, str]:
-    """What a sweep condition is: backbone, head, optimizer, learning rate, sampler."""
-    return {
-        "backbone": backbone_name(cfg.backbone),
-        "head": component_name(cfg.head),
-        "optimizer": component_name(cfg.optimizer),
-        "lr": f"{float(cfg.optimizer.lr):g}",
-        "sampler": component_name(cfg.sampler),
-    }
+@dataclass(frozen=True)
+class Condition:
+    """What a sweep condition is, the one definition: its parts (each run's tags and the sweep
+    tables' columns, in this order), its key and its label."""
+
+    backbone: str
+    head: str
+    optimizer: str
+    lr: str  # as written: 0.01, 1e-05
+    sampler: str = "none"
+
+    PARTS: ClassVar[tuple[str, ...]] = ("backbone", "head", "optimizer", "lr", "sampler")
+    # The config keys a sweep overrides to set each part (the others a condition key appends).
+    CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
+    )
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Condition:
+        """The condition a composed run config trains."""
+        return cls(
+            backbone_name(cfg.backbone),
+            component_name(cfg.head),
+            component_name(cfg.optimizer),
+            f"{float(cfg.optimizer.lr):g}",
+            component_name(cfg.sampler),
+        )
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, Any]) -> Condition:
+        """The condition of a run's tags, or of a row of the sweep tables."""
+        lr = tags.get("lr", "")
+        return cls(
+            str(tags.get("backbone", "")),
+            str(tags.get("head", "")),
+            str(tags.get("optimizer", "")),
+            f"{float(lr):g}" if lr not in ("", None) else "",
+            str(tags.get("sampler") or "none"),
+        )
+
+    def tags(self) -> dict[str, str]:
+        return {part: getattr(self, part) for part in self.PARTS}
+
+    def cells(self) -> dict[str, object]:
+        """The tables' columns: the learning rate as a number."""
+        return {**self.tags(), "lr": float(self.lr) if self.lr else math.nan}
+
+    @property
+    def key(self) -> str:
+        """`mobilenet_v2/fc/sgd/0.01`, with `/<sampler>` appended when one is used."""
+        key = "/".join((self.backbone, self.head, self.optimizer, self.lr))
+        return key if self.sampler == "none" else f"{key}/{self.sampler}"
+
+    @property
+    def group(self) -> str:
+        """`backbone × head × optimizer` (× sampler): the conditions a learning rate varies."""
+        name = f"{self.backbone} × {self.head} × {self.optimizer}"
+        return name if self.sampler == "none" else f"{name} × {self.sampler}"
 
 
 def condition_key(cfg: DictConfig) -> str:
-    """`mobilenet_v2/fc/sgd/0.01`, with `/<sampler>` appended when one is used."""
-    parts = condition(cfg)
-    key = "/".join(parts[k] for k in ("backbone", "head", "optimizer", "lr"))
-    return key if parts["sampler"] == "none" else f"{key}/{parts['sampler']}"
+    """`Condition.of(cfg).key`."""
+    return Condition.of(cfg).key
 
 
 # Config-selected `_target_`s we execute. Hydra 1.4 asks for an explicit list, and also checks

@@ -23,10 +23,10 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from fashion_sweeps import interrupts, run_folder
 from fashion_sweeps.config import (
+    Condition,
     build,
     check_targets,
     component_name,
-    condition,
     condition_key,
     image_cache_dir,
 )
@@ -102,7 +102,8 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> float:
     engine = inference_engine(cfg)  # resolved once: its warnings, if any, said once
     # Data errors too: a wrong dataset.root must leave no FAILED run or new experiment behind.
     check_readable(cfg.dataset, cfg.seed, image_cache_dir(cfg))
-    tags = {**condition(cfg), "condition": condition_key(cfg), **(cfg.tracking.tags or {})}
+    condition = Condition.of(cfg)
+    tags = {**condition.tags(), "condition": condition.key, **(cfg.tracking.tags or {})}
     # A SIGTERM that came after the sweep's last check: stop before a run exists (the stage
     # records the condition as abandoned), not after it opened and is left KILLED.
     interrupts.check()

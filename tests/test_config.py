@@ -115,3 +115,19 @@ def test_every_recipe_composes_as_a_sweep_stage(make_cfg, experiment: str) -> No
     for stage in ("screen", "full"):
         cfg = make_cfg("sweep=grid", f"experiment={experiment}", f"sweep.stage={stage}")
         assert cfg.trainer.max_epochs >= 1 and cfg.sweep.stage == stage
+
+
+def test_a_condition_reads_the_same_from_its_config_and_from_its_runs_tags(make_cfg) -> None:
+    """One definition of a condition: the tags a run is given are the ones the tables and the
+    report read it back from (tables, report and sweeper each spelled the parts out before)."""
+    from fashion_sweeps.config import Condition
+
+    cfg = make_cfg("backbone=simple_cnn", "optimizer=sgd", "optimizer.lr=0.00001")
+    condition = Condition.of(cfg)
+    assert condition.key == "simple_cnn/fc/sgd/1e-05" == condition_key(cfg)
+    assert Condition.from_tags(condition.tags()) == condition
+    row = {**condition.cells(), "status": "finished"}  # a row of the sweep tables
+    assert row["lr"] == 1e-05 and Condition.from_tags(row) == condition
+    assert condition.group == "simple_cnn × fc × sgd"
+    sampled = make_cfg("backbone=simple_cnn", "sampler=oversample")
+    assert Condition.of(sampled).key.endswith("/oversample")

@@ -16,12 +16,11 @@ import optuna
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig
 
-from fashion_sweeps.config import condition_key
+from fashion_sweeps.config import Condition, condition_key
 from fashion_sweeps.paths import subfolder
 from fashion_sweeps.sweeps.space import override_lines, quoted
 
 # Swept keys that the condition key (`mobilenet_v2/fc/sgd/0.01`) already shows.
-IN_CONDITION_KEY = {"backbone", "head", "optimizer", "optimizer.lr", "sampler"}
 
 # Override lines -> the job's config, composed the way Hydra composes the job.
 Compose = Callable[[list[str]], DictConfig]
@@ -76,7 +75,7 @@ class StageJobs:
         extras = [
             f"{key.lstrip('+~')}={value}"
             for key, value in params.items()
-            if key.lstrip("+~") not in IN_CONDITION_KEY
+            if key.lstrip("+~") not in Condition.CONFIG_KEYS
         ]
         parts = [*condition_key(cfg).split("/"), *extras]
         return Job(params, "/".join(parts), subfolder(parts))

@@ -13,6 +13,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from fashion_sweeps.config import Condition
 from fashion_sweeps.evaluation import baseline_text
 from fashion_sweeps.sweeps.report_pages import Report, Section
 from fashion_sweeps.sweeps.stored_sweep import (
@@ -46,23 +47,15 @@ TABLE_FILES = (
 )
 
 
-def _group(row: pd.Series) -> str:
-    name = f"{row['backbone']} × {row['head']} × {row['optimizer']}"
-    sampler = row.get("sampler")
-    return name if not isinstance(sampler, str) or sampler == "none" else f"{name} × {sampler}"
-
-
 def lr_series(ranking: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
     """(learning rate, val_loss) per backbone × head × optimizer; NaN for diverged conditions."""
     series: dict[str, list[tuple[float, float]]] = {}
     for _, row in ranking.iterrows():
         value = row["best_val_loss"] if row["status"] == "finished" else math.nan
-        series.setdefault(_group(row), []).append((float(row["lr"]), float(value)))
+        series.setdefault(Condition.from_tags(row).group, []).append(
+            (float(row["lr"]), float(value))
+        )
     return series
-
-
-def _label(row: pd.Series) -> str:
-    return f"{row['backbone']}/{row['head']}/{row['optimizer']}/{row['lr']:g}"
 
 
 def screen_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
@@ -90,7 +83,7 @@ def full_sections(client: MlflowClient, runs: list[Run]) -> list[Section]:
     shown = table[table["status"] == "finished"]
     images = []
     if len(shown):
-        names = [_label(row) for _, row in shown.iterrows()]
+        names = [Condition.from_tags(row).key for _, row in shown.iterrows()]
         panels = [
             ["best_train_loss", "best_val_loss", "test_loss"],
             ["best_train_acc", "best_val_acc", "test_acc", "test_f1_weighted"],

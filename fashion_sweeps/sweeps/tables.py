@@ -18,13 +18,13 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fashion_sweeps import markdown
+from fashion_sweeps.config import Condition
 from fashion_sweeps.sweeps.stage_run import children, latest_per_condition
 from fashion_sweeps.sweeps.stored_sweep import best_run
 from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.runs import TrackedRun, metric_curve
 
-# A condition's parts (the run's tags, config.condition_parts) under the config's own names.
-CONDITION_COLUMNS = ["backbone", "head", "optimizer", "lr", "sampler"]
+CONDITION_COLUMNS = list(Condition.PARTS)
 STATUS_ORDER = {"finished": 0, "diverged": 1, "failed": 2, "interrupted": 3}
 
 
@@ -43,17 +43,6 @@ def best_epoch_metrics(client: MlflowClient, run: Run, names: Iterable[str]) -> 
         at_step = [m for m in metric_curve(client, run.info.run_id, name) if m.step <= best.step]
         values[name] = max(at_step, key=lambda m: m.step).value if at_step else math.nan
     return values
-
-
-def _condition_cells(run: Run) -> dict[str, object]:
-    tags = run.data.tags
-    return {
-        "backbone": tags.get("backbone", ""),
-        "head": tags.get("head", ""),
-        "optimizer": tags.get("optimizer", ""),
-        "lr": float(tags["lr"]) if tags.get("lr") else math.nan,
-        "sampler": tags.get("sampler", "none"),
-    }
 
 
 def _ordered(rows: list[dict[str, object]], columns: list[str]) -> pd.DataFrame:
@@ -88,7 +77,7 @@ def ranking_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
     columns named as the runs' MLflow metrics."""
     rows = [
         {
-            **_condition_cells(run),
+            **Condition.from_tags(run.data.tags).cells(),
             **best_epoch_values(client, run),
             "status": run.data.tags.get("status", run.info.status.lower()),
             "run_id": run.info.run_id,
@@ -108,7 +97,7 @@ def comparison_table(client: MlflowClient, runs: Iterable[Run]) -> pd.DataFrame:
         logged = run.data.metrics
         rows.append(
             {
-                **_condition_cells(run),
+                **Condition.from_tags(run.data.tags).cells(),
                 **best_epoch_values(client, run),
                 **{k: logged.get(k, math.nan) for k in TESTED},
                 "best_epoch": logged.get("best_epoch", math.nan),  # from 1, as logged
