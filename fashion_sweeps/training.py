@@ -55,6 +55,7 @@ from fashion_sweeps.models.module import ClassifierModule, check_optimizer
 from fashion_sweeps.tracking.datasets import split_inputs
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
+from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
@@ -215,7 +216,7 @@ def _log_data(cfg: DictConfig, run: TrackedRun, data: FashionDataModule) -> None
             **{f"n_{split}": sum(c.values()) for split, c in counts.items()},
         }
     )
-    run.log_metrics({f"skipped_{reason}": n for reason, n in prepared.skipped.items()})
+    run.log_at_end({f"skipped_{reason}": n for reason, n in prepared.skipped.items()})
     run.log_json(prepared.classes, "label_map.json")
     run.log_inputs(split_inputs(prepared, cfg.dataset.name, cfg.dataset.root))
     sampling = sampling_summary(
@@ -259,7 +260,8 @@ def _module(
     # The engine whose features the head trains on (after any fallback), else the configured one.
     run.log_params((features.engine or engine).params)
     run.set_tags({"image_cache": data.data.image_cache, "feature_cache": features.status})
-    run.log_times({"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds})
+    seconds = {"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds}
+    run.log_at_end({time_metric(k): v for k, v in seconds.items()})
     module = ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),

@@ -106,7 +106,7 @@ def test_html_holds_the_ranking_and_comparison_tables(report) -> None:
     assert "<table" in best and "<td>Dress</td>" in best
     # As fastai interprets a model: its most confused class pairs and top losses.
     assert "<th>actual</th>" in best and "<th>count</th>" in best
-    assert "Top losses: the test images it got most confidently wrong" in best
+    assert "Top losses: the test images of highest loss" in best
 
 
 def test_html_is_self_contained_and_links_each_run_to_mlflow(report) -> None:

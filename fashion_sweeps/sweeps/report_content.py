@@ -38,7 +38,10 @@ BEST_MODEL_IMAGES = (
     (CURVES_FILE, "Learning curves"),
     ("evaluation/confusion_normalised.png", "Confusion matrix (row-normalised)"),
     ("evaluation/confusion_counts.png", "Confusion matrix (counts)"),
-    (GALLERY_FILE, "Top losses: the test images it got most confidently wrong"),
+    (
+        GALLERY_FILE,
+        "Top losses: the test images of highest loss (least probability on the actual class) first",
+    ),
 )
 # The best model's tables shown in the report: (file in its run, rows shown).
 TABLE_FILES = (

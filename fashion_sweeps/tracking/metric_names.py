@@ -1,5 +1,5 @@
 """How logged metrics are named where the name is a policy: bookkeeping timings go under `time/`,
-which MLflow charts in a section of their own, after what users compare (accuracy, F1, losses).
+which MLflow charts in a section of their own, apart from what users compare (accuracy, losses).
 Light on purpose: commands import it for `--help` too."""
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def gallery_figure(
             fontsize=9,
         )
     fig.suptitle(
-        "Top losses (test set): predicted vs actual, most confidently wrong first"
+        "Top losses (test set): predicted vs actual, highest loss (least probability on the actual class) first"
         + (f"; test accuracy {accuracy}" if accuracy else "")
     )
     return fig

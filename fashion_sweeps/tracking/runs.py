@@ -361,7 +361,15 @@ class TrackedRun:
         experiment = self.client.get_experiment(self.experiment_id).name
         return MLFlowLogger(experiment_name=experiment, tracking_uri=self.uri, run_id=self.run_id)
 
+    def log_at_end(self, metrics: Mapping[str, float]) -> None:
+        """Bookkeeping known early (cache timings, skipped items), logged when the run ends:
+        MLflow's compare view and a run's charts open on the first metric a run logged."""
+        self.__dict__.setdefault("_at_end", {}).update(metrics)
+
     def end(self, status: str = "FINISHED") -> None:
+        pending = self.__dict__.pop("_at_end", None)
+        if pending:
+            self.log_metrics(pending)
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )
