@@ -139,7 +139,7 @@ def check_writable(uri: str) -> None:
         raise TrackingUnavailableError(
             f"The MLflow store {db} is read-only here ({reason}): runs cannot be recorded in it. "
             "Make it writable, or track elsewhere with `tracking.dir=<a folder you can write>` "
-            "or `tracking.uri=`. Reading it (report, results, predict) works as it is."
+            "or `tracking.uri=`. Commands that only read it (results, predict) work as it is."
         )
 
 
