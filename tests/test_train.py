@@ -154,6 +154,24 @@ def test_a_read_only_store_is_refused_before_training(make_cfg, clothing_root, r
     assert not (Path(cfg.output_dir) / "checkpoints").exists()
 
 
+def test_a_read_only_store_stops_a_sweep_in_one_paragraph(tmp_path, read_only_copy) -> None:
+    """`screen` and `sweep` printed a traceback after making the study (train already said it)."""
+    store = tmp_path / "store"
+    MlflowClient(f"sqlite:///{store / 'mlflow.db'}").search_experiments()
+    view = read_only_copy(store)
+    result = fashion_sweeps(
+        tmp_path, "screen", "sweep=tiny", "dataset=clothing_sample", f"tracking.dir={view}",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, output(result)[-3000:]
+    assert "Traceback" not in output(result), output(result)[-3000:]
+    assert "is read-only here" in output(result)
+    import optuna
+
+    for db in tmp_path.rglob("optuna.db"):  # no study made for runs that cannot be kept
+        assert optuna.get_all_study_names(f"sqlite:///{db}") == []
+
+
 def fill(disk: Path) -> None:
     """Write to `disk` until it has no space left."""
     with (disk / "filler").open("wb") as filler, contextlib.suppress(OSError):

@@ -62,7 +62,12 @@ from fashion_sweeps.sweeps.study import (
     sqlite_ready,
     trial_params,
 )
-from fashion_sweeps.tracking.runs import TrackedRun, TrackingUnavailableError
+from fashion_sweeps.tracking.runs import (
+    TrackedRun,
+    TrackingUnavailableError,
+    check_writable,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 # User errors that every later condition would meet too: they stop the sweep, not one condition.
@@ -212,6 +217,8 @@ class StageSweep:
         settings = self._settings()
         space = SearchSpace.parse(self.params, arguments)
         self._choose_sweep(settings, space)
+        # A store that cannot record runs, said before a study is made for them.
+        check_writable(tracking_uri(self.config.tracking))
         # Exactly one of several workers started together creates the study.
         study, self.created = open_study(self.storage, self.study_name, self.direction)
         study.sampler = self._sampler(len(study.trials))
@@ -244,8 +251,8 @@ class StageSweep:
     def sweep(self, arguments: list[str]) -> None:
         try:
             settings, space, study, todo, planned = self._plan(arguments)
-        except (ValueError, DataError) as err:  # cannot be planned: say why, no traceback
-            raise SweepError(str(err)) from err
+        except (ValueError, DataError, TrackingUnavailableError) as err:  # say why, no traceback
+            raise SweepError(f"{type(err).__name__}: {err}") from err
         stage, name = str(settings.stage), str(settings.name)
         n_todo = todo if isinstance(todo, int) else len(todo)
         log.info(
