@@ -55,7 +55,6 @@ from fashion_sweeps.models.module import ClassifierModule, check_optimizer
 from fashion_sweeps.tracking.datasets import split_inputs
 from fashion_sweeps.tracking.evaluation_artifacts import log_evaluation
 from fashion_sweeps.tracking.job_run import open_job_run
-from fashion_sweeps.tracking.metric_names import time_metric
 from fashion_sweeps.tracking.run_results import log_run_results
 from fashion_sweeps.tracking.runs import (
     TrackedRun,
@@ -261,7 +260,7 @@ def _module(
     run.log_params((features.engine or engine).params)
     run.set_tags({"image_cache": data.data.image_cache, "feature_cache": features.status})
     seconds = {"image_cache_s": data.data.seconds, "feature_cache_s": features.seconds}
-    run.log_at_end({time_metric(k): v for k, v in seconds.items()})
+    run.log_times(seconds, at_end=True)
     module = ClassifierModule(
         model,
         optimizer=build(cfg.optimizer),

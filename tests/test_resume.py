@@ -16,7 +16,8 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from fashion_sweeps.tracking.job_run import RECORD, checkpoint_epoch, read_record, write_record
+from fashion_sweeps.run_folder import RECORD
+from fashion_sweeps.tracking.job_run import checkpoint_epoch, read_record, write_record
 from fashion_sweeps.train import train
 
 EPOCHS = 30

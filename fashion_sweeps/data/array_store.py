@@ -14,13 +14,13 @@ import json
 import logging
 import mmap
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fashion_sweeps.atomic_files import WRITER, atomic_write
 from fashion_sweeps.tracking.provenance import process_gone
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 _HASH_CHUNK = 64 << 20  # hash memory maps in slices: no full copy in RAM
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _MADV_DONTNEED = 4  # Linux <sys/mman.h>
-# Names an entry's unfinished file: which process on which host writes it.
-_WRITER = f"{socket.gethostname()}.{os.getpid()}"
 
 
 def file_backed(array: np.ndarray) -> bool:
@@ -133,8 +131,8 @@ class ArrayStore:
             self._remove_orphans(array_path)
             # The array first: a reader needs both files, so it never pairs new metadata
             # with a missing array.
-            _atomic_write(array_path, lambda f: np.save(f, np.ascontiguousarray(array)))
-            _atomic_write(meta_path, lambda f: f.write(json.dumps(info).encode()))
+            atomic_write(array_path, lambda f: np.save(f, np.ascontiguousarray(array)))
+            atomic_write(meta_path, lambda f: f.write(json.dumps(info).encode()))
         except OSError as err:
             log.warning(
                 "Cannot write the cache entry %s (%s): continuing without caching it. Point "
@@ -152,7 +150,7 @@ class ArrayStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._remove_orphans(array_path)
             fd, tmp = tempfile.mkstemp(
-                dir=self.folder, prefix=f".{array_path.name}.{_WRITER}.", suffix=".tmp"
+                dir=self.folder, prefix=f".{array_path.name}.{WRITER}.", suffix=".tmp"
             )
             os.close(fd)
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
@@ -202,7 +200,7 @@ class PendingEntry:
         try:
             os.replace(self.tmp, array_path)
             _verified.add(_identity(array_path))  # hashed just above, from what was written
-            _atomic_write(meta_path, lambda f: f.write(json.dumps(info).encode()))
+            atomic_write(meta_path, lambda f: f.write(json.dumps(info).encode()))
         except OSError as err:
             log.warning("Cannot write the cache entry %s (%s).", array_path, err)
             self.abandon()
@@ -212,14 +210,3 @@ class PendingEntry:
 
     def abandon(self) -> None:
         self.tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_WRITER}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 
 from fashion_sweeps import run_folder
+from fashion_sweeps.atomic_files import atomic_write
 from fashion_sweeps.redact import redact
-from fashion_sweeps.run_folder import RECORD, read_record
+from fashion_sweeps.run_folder import read_record
 from fashion_sweeps.settings import CONTINUABLE_KEYS, differences, result_settings
 from fashion_sweeps.tracking.provenance import recipe_tags, where_it_runs
 from fashion_sweeps.tracking.runs import (
@@ -57,13 +57,8 @@ def identity(cfg: DictConfig) -> dict[str, str]:
 def write_record(output_dir: Path, record: Mapping[str, Any]) -> None:
     """Written whole and renamed into place: other ranks and later jobs never read half a file."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{RECORD}.{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(run_folder.record(output_dir))
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # half written: a full disk
-        raise
+    text = json.dumps(record, indent=2).encode()
+    atomic_write(run_folder.record(output_dir), lambda f: f.write(text))
 
 
 class RecordedRun(TrackedRun):
@@ -188,6 +183,9 @@ class SilentRun(TrackedRun):
     @contextlib.contextmanager
     def system_metrics(self, every_s: float | None) -> Iterator[None]:
         yield
+
+    def log_at_end(self, metrics: Mapping[str, float]) -> None:
+        pass
 
     def lightning_logger(self) -> bool:
         return False

@@ -147,7 +147,7 @@ def probability_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
     return frame
 
 
-def signature(model: Classifier, channels: int) -> ModelSignature:
+def signature(model: Classifier) -> ModelSignature:
     clashes = sorted(set(model.classes) & set(OUTPUT_COLUMNS))
     if clashes:
         raise ValueError(
@@ -203,7 +203,7 @@ def log_classifier(run: TrackedRun, model: Classifier, example: np.ndarray) -> s
             run_id=run.run_id,
             python_model=ClassifierPyfunc(int(example.shape[1])),
             artifacts={"classifier": str(torch_dir)},
-            signature=signature(model, example.shape[1]),
+            signature=signature(model),
             input_example=np.ascontiguousarray(example, dtype=np.uint8),
             pip_requirements=pins,
             metadata={"image_size": int(model.image_size), "channels": int(example.shape[1])},

@@ -257,6 +257,7 @@ class TrackedRun:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.uri = uri
+        self._at_end: dict[str, float] = {}  # `log_at_end`
 
     @classmethod
     def start(
@@ -303,9 +304,13 @@ class TrackedRun:
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_times(self, seconds: Mapping[str, float], step: int = 0) -> None:
-        """Timings and rates, under `time/` (`time_metric`)."""
-        self.log_metrics({time_metric(k): v for k, v in seconds.items()}, step)
+    def log_times(self, seconds: Mapping[str, float], step: int = 0, at_end: bool = False) -> None:
+        """Timings and rates, under `time/` (`time_metric`); `at_end`: when the run ends."""
+        named = {time_metric(k): v for k, v in seconds.items()}
+        if at_end:
+            self.log_at_end(named)
+        else:
+            self.log_metrics(named, step)
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
@@ -364,12 +369,12 @@ class TrackedRun:
     def log_at_end(self, metrics: Mapping[str, float]) -> None:
         """Bookkeeping known early (cache timings, skipped items), logged when the run ends:
         MLflow's compare view and a run's charts open on the first metric a run logged."""
-        self.__dict__.setdefault("_at_end", {}).update(metrics)
+        self._at_end.update(metrics)
 
     def end(self, status: str = "FINISHED") -> None:
-        pending = self.__dict__.pop("_at_end", None)
-        if pending:
-            self.log_metrics(pending)
+        if self._at_end:
+            self.log_metrics(self._at_end)
+            self._at_end = {}
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )

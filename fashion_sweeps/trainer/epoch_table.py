@@ -7,6 +7,7 @@ row. Its figure, `results.png`, is the run's learning curves (tracking/plots.py)
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from fashion_sweeps import run_folder
+from fashion_sweeps.atomic_files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,9 @@ def read_rows(path: Path) -> list[dict[str, float]]:
 
 def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
     """Written beside and renamed into place: a kill mid-write leaves the previous table."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(table.getvalue().encode()))
